@@ -1,0 +1,283 @@
+//! The per-thread channel of a bdev and the submit path: validate, take an I/O from the pool,
+//! split it on the optimal I/O boundary if asked, hand it to the module; and the completion path:
+//! statistics, then the submitter's callback.
+
+use crate::bdev::{BdevChannelOps, BdevInner};
+use crate::error::BdevError;
+use crate::io::{BdevIo, BdevThread, IoCallback, IoCtx, IoFlags, IoStatus, IoType, Waiter};
+use crate::iov::{self, IoVec};
+use crate::stat::IoStat;
+use poller::IoChannel;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Weak;
+
+/// The bdev layer's per-thread context for one bdev, wrapping the module's channel.
+pub(crate) struct ChannelInner {
+    pub(crate) bdev: Weak<BdevInner>,
+    pub(crate) module_ch: Rc<dyn BdevChannelOps>,
+    pub(crate) thread: Rc<BdevThread>,
+    pub(crate) stat: RefCell<IoStat>,
+    pub(crate) block_size: u32,
+    pub(crate) num_blocks: u64,
+    pub(crate) supported: u32,
+    /// Split reads and writes at multiples of this many blocks (0: never).
+    pub(crate) split_boundary: u64,
+}
+
+impl Drop for ChannelInner {
+    fn drop(&mut self) {
+        // A channel's counters outlive it in the bdev's totals.
+        if let Some(b) = self.bdev.upgrade()
+            && let Ok(mut total) = b.retired_stat.lock()
+        {
+            total.add(&self.stat.borrow());
+        }
+    }
+}
+
+/// A submit that did not happen; the context comes back so nothing the caller parked is lost.
+#[derive(Debug)]
+pub struct SubmitError {
+    pub error: BdevError,
+    pub ctx: IoCtx,
+}
+
+impl std::fmt::Debug for IoCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IoCtx::None => write!(f, "None"),
+            IoCtx::Word(w) => write!(f, "Word({w})"),
+            IoCtx::Io(_) => write!(f, "Io(..)"),
+        }
+    }
+}
+
+pub type SubmitResult = Result<(), SubmitError>;
+
+/// A thread's handle for submitting I/O to a bdev through one descriptor.
+#[derive(Clone)]
+pub struct BdevChannel {
+    pub(crate) ch: IoChannel<ChannelInner>,
+    pub(crate) writable: bool,
+}
+
+impl BdevChannel {
+    pub fn read(&self, iovs: &[IoVec], offset_blocks: u64, num_blocks: u64, cb: IoCallback, ctx: IoCtx) -> SubmitResult {
+        self.submit(IoType::Read, iovs, offset_blocks, num_blocks, IoFlags::default(), cb, ctx)
+    }
+
+    pub fn write(
+        &self,
+        iovs: &[IoVec],
+        offset_blocks: u64,
+        num_blocks: u64,
+        flags: IoFlags,
+        cb: IoCallback,
+        ctx: IoCtx,
+    ) -> SubmitResult {
+        self.submit(IoType::Write, iovs, offset_blocks, num_blocks, flags, cb, ctx)
+    }
+
+    pub fn unmap(&self, offset_blocks: u64, num_blocks: u64, cb: IoCallback, ctx: IoCtx) -> SubmitResult {
+        self.submit(IoType::Unmap, &[], offset_blocks, num_blocks, IoFlags::default(), cb, ctx)
+    }
+
+    pub fn write_zeroes(&self, offset_blocks: u64, num_blocks: u64, cb: IoCallback, ctx: IoCtx) -> SubmitResult {
+        self.submit(IoType::WriteZeroes, &[], offset_blocks, num_blocks, IoFlags::default(), cb, ctx)
+    }
+
+    pub fn flush(&self, offset_blocks: u64, num_blocks: u64, cb: IoCallback, ctx: IoCtx) -> SubmitResult {
+        self.submit(IoType::Flush, &[], offset_blocks, num_blocks, IoFlags::default(), cb, ctx)
+    }
+
+    pub fn reset(&self, cb: IoCallback, ctx: IoCtx) -> SubmitResult {
+        self.submit(IoType::Reset, &[], 0, 0, IoFlags::default(), cb, ctx)
+    }
+
+    /// Calls `f(ctx)` on this thread once an I/O is free again (after a NoMemory submit).
+    pub fn queue_io_wait(&self, f: fn(IoCtx), ctx: IoCtx) {
+        self.ch.thread.waiters.borrow_mut().push_back(Waiter::Call(f, ctx));
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.ch.block_size
+    }
+
+    pub fn num_blocks(&self) -> u64 {
+        self.ch.num_blocks
+    }
+
+    pub fn io_type_supported(&self, t: IoType) -> bool {
+        self.ch.supported & t.bit() != 0
+    }
+
+    /// This thread's counters for the bdev.
+    pub fn stat(&self) -> IoStat {
+        self.ch.stat.borrow().clone()
+    }
+
+    /// The module's channel (for a module's own tests and tools).
+    pub fn module_channel<T: 'static>(&self) -> Option<Rc<T>> {
+        self.ch.module_ch.clone().into_any_rc().downcast::<T>().ok()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn submit(
+        &self,
+        io_type: IoType,
+        iovs: &[IoVec],
+        offset_blocks: u64,
+        num_blocks: u64,
+        flags: IoFlags,
+        cb: IoCallback,
+        ctx: IoCtx,
+    ) -> SubmitResult {
+        if let Err(error) = self.check(io_type, iovs, offset_blocks, num_blocks) {
+            return Err(SubmitError { error, ctx });
+        }
+        let ch = &self.ch;
+        let Some(mut d) = ch.thread.alloc() else {
+            return Err(SubmitError { error: BdevError::NoMemory, ctx });
+        };
+        d.io_type = io_type;
+        d.offset_blocks = offset_blocks;
+        d.num_blocks = num_blocks;
+        d.flags = flags;
+        d.iovs.extend_from_slice(iovs);
+        d.status = IoStatus::Pending;
+        d.cb = Some(cb);
+        d.ctx = ctx;
+        d.ch = Some(ch.rc().clone());
+        d.is_child = false;
+        d.split_failed = None;
+        d.submit_tick = poller::time::ticks();
+        let io = BdevIo::from_data(d);
+        if ch.split_boundary != 0
+            && matches!(io_type, IoType::Read | IoType::Write)
+            && offset_blocks / ch.split_boundary != (offset_blocks + num_blocks - 1) / ch.split_boundary
+        {
+            let mut io = io;
+            io.data_mut().split_next = offset_blocks;
+            split_continue(io);
+        } else {
+            ch.module_ch.submit_request(io);
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn check(&self, io_type: IoType, iovs: &[IoVec], offset_blocks: u64, num_blocks: u64) -> Result<(), BdevError> {
+        let ch = &self.ch;
+        if ch.supported & io_type.bit() == 0 {
+            return Err(BdevError::NotSupported(io_type.name()));
+        }
+        if !self.writable && matches!(io_type, IoType::Write | IoType::Unmap | IoType::WriteZeroes) {
+            return Err(BdevError::ReadOnly);
+        }
+        if io_type == IoType::Reset {
+            return Ok(());
+        }
+        match offset_blocks.checked_add(num_blocks) {
+            Some(end) if end <= ch.num_blocks => {}
+            _ => return Err(BdevError::OutOfRange),
+        }
+        if matches!(io_type, IoType::Read | IoType::Write) {
+            if num_blocks == 0 {
+                return Err(BdevError::invalid("zero-length I/O"));
+            }
+            if iov::total_len(iovs) as u64 != num_blocks * ch.block_size as u64 {
+                return Err(BdevError::invalid("buffer length does not match the block count"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs a completed I/O's accounting and callback (from the thread's completion poller).
+pub(crate) fn finish(mut io: BdevIo) {
+    let d = io.data_mut();
+    let status = d.status;
+    if !d.is_child
+        && let Some(ch) = d.ch.as_ref()
+    {
+        let mut stat = ch.stat.borrow_mut();
+        match status {
+            IoStatus::Success => {
+                let ticks = poller::time::ticks().saturating_sub(d.submit_tick);
+                stat.record(d.io_type, d.num_blocks * ch.block_size as u64, ticks);
+            }
+            IoStatus::Failed(e) => stat.record_error(e),
+            _ => stat.record_error(libc::EIO),
+        }
+    }
+    let cb = d.cb.take();
+    let ctx = std::mem::replace(&mut d.ctx, IoCtx::None);
+    if let Some(cb) = cb {
+        cb(io, status == IoStatus::Success, ctx);
+    }
+}
+
+/// Hands an I/O back to its module (after it reported NoMemory).
+pub(crate) fn resubmit(mut io: BdevIo) {
+    io.data_mut().status = IoStatus::Pending;
+    if let Some(ch) = io.data().ch.clone() {
+        ch.module_ch.submit_request(io);
+    }
+}
+
+/// Submits the next child of a split parent, or completes the parent when all are done.
+/// Children go one at a time: the parent travels in the child's context.
+fn split_continue(mut parent: BdevIo) {
+    let Some(ch) = parent.data().ch.clone() else { return };
+    let d = parent.data();
+    let end = d.offset_blocks + d.num_blocks;
+    let next = d.split_next;
+    if let Some(e) = d.split_failed {
+        parent.complete(IoStatus::Failed(e));
+        return;
+    }
+    if next >= end {
+        parent.complete(IoStatus::Success);
+        return;
+    }
+    let Some(mut c) = ch.thread.alloc() else {
+        ch.thread.waiters.borrow_mut().push_back(Waiter::Call(split_resume, IoCtx::Io(parent)));
+        return;
+    };
+    let child_end = end.min((next / ch.split_boundary + 1) * ch.split_boundary);
+    let bs = ch.block_size as usize;
+    c.io_type = d.io_type;
+    c.offset_blocks = next;
+    c.num_blocks = child_end - next;
+    c.flags = d.flags;
+    iov::slice_into(&d.iovs, (next - d.offset_blocks) as usize * bs, (child_end - next) as usize * bs, &mut c.iovs);
+    c.status = IoStatus::Pending;
+    c.cb = Some(split_child_done);
+    c.ch = Some(ch.clone());
+    c.is_child = true;
+    c.submit_tick = poller::time::ticks();
+    parent.data_mut().split_next = child_end;
+    c.ctx = IoCtx::Io(parent);
+    ch.module_ch.submit_request(BdevIo::from_data(c));
+}
+
+fn split_resume(ctx: IoCtx) {
+    if let IoCtx::Io(parent) = ctx {
+        split_continue(parent);
+    }
+}
+
+fn split_child_done(child: BdevIo, ok: bool, ctx: IoCtx) {
+    let IoCtx::Io(mut parent) = ctx else { return };
+    if !ok {
+        let errno = match child.status() {
+            IoStatus::Failed(e) => e,
+            _ => libc::EIO,
+        };
+        parent.data_mut().split_failed = Some(errno);
+    }
+    drop(child);
+    split_continue(parent);
+}

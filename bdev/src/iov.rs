@@ -1,0 +1,204 @@
+//! I/O vectors: the caller's data buffers, described as (pointer, length) pairs as in SPDK.
+//!
+//! An `IoVec` is a promise by whoever built it that the memory stays valid and untouched by
+//! anyone else until the I/O that carries it completes; that is why building one is `unsafe`.
+//! Modules then move bytes in and out with the copy helpers below.
+
+/// One data segment, layout-compatible with `struct iovec` (so it can go to io_uring as is).
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+pub struct IoVec(libc::iovec);
+
+impl IoVec {
+    /// # Safety
+    /// `base..base+len` must be valid for reads and writes, and not accessed by anything else,
+    /// until every I/O carrying this vector has completed.
+    pub unsafe fn new(base: *mut u8, len: usize) -> IoVec {
+        IoVec(libc::iovec { iov_base: base.cast(), iov_len: len })
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.iov_len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iov_len == 0
+    }
+
+    pub fn base(&self) -> *mut u8 {
+        self.0.iov_base.cast()
+    }
+
+    pub fn as_raw(&self) -> &libc::iovec {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for IoVec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IoVec({:p}, {})", self.0.iov_base, self.0.iov_len)
+    }
+}
+
+// SAFETY of the helpers below: every IoVec was built through `IoVec::new`, whose contract makes the
+// segment valid and exclusively ours for the life of the I/O; the helpers never go past `len`.
+
+pub fn total_len(iovs: &[IoVec]) -> usize {
+    iovs.iter().map(|v| v.len()).sum()
+}
+
+/// Copies `src` into the segments (a read's data going to the caller). Returns bytes copied.
+pub fn copy_to_iovs(iovs: &[IoVec], src: &[u8]) -> usize {
+    let mut done = 0;
+    for v in iovs {
+        let n = v.len().min(src.len() - done);
+        // SAFETY: see the note above; `src` is a distinct Rust slice so the ranges do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().add(done), v.base(), n) };
+        done += n;
+        if done == src.len() {
+            break;
+        }
+    }
+    done
+}
+
+/// Copies from the segments into `dst` (a write's data coming from the caller).
+pub fn copy_from_iovs(iovs: &[IoVec], dst: &mut [u8]) -> usize {
+    let mut done = 0;
+    for v in iovs {
+        let n = v.len().min(dst.len() - done);
+        // SAFETY: see the note above; `dst` is a distinct Rust slice.
+        unsafe { std::ptr::copy_nonoverlapping(v.base(), dst.as_mut_ptr().add(done), n) };
+        done += n;
+        if done == dst.len() {
+            break;
+        }
+    }
+    done
+}
+
+/// Copies raw memory into the segments. Returns bytes copied.
+///
+/// # Safety
+/// `src..src+len` must be readable and must not overlap the segments.
+pub unsafe fn copy_ptr_to_iovs(iovs: &[IoVec], src: *const u8, len: usize) -> usize {
+    let mut done = 0;
+    for v in iovs {
+        let n = v.len().min(len - done);
+        // SAFETY: caller guarantees the source range; the segment is ours (note above).
+        unsafe { std::ptr::copy_nonoverlapping(src.add(done), v.base(), n) };
+        done += n;
+        if done == len {
+            break;
+        }
+    }
+    done
+}
+
+/// Copies from the segments into raw memory.
+///
+/// # Safety
+/// `dst..dst+len` must be writable and must not overlap the segments.
+pub unsafe fn copy_iovs_to_ptr(iovs: &[IoVec], dst: *mut u8, len: usize) -> usize {
+    let mut done = 0;
+    for v in iovs {
+        let n = v.len().min(len - done);
+        // SAFETY: caller guarantees the destination range; the segment is ours (note above).
+        unsafe { std::ptr::copy_nonoverlapping(v.base(), dst.add(done), n) };
+        done += n;
+        if done == len {
+            break;
+        }
+    }
+    done
+}
+
+/// Fills the segments with zeroes.
+pub fn zero_iovs(iovs: &[IoVec]) {
+    for v in iovs {
+        // SAFETY: see the note above.
+        unsafe { std::ptr::write_bytes(v.base(), 0, v.len()) };
+    }
+}
+
+/// Calls `f` on each segment viewed as a byte slice (checksums, comparisons, pattern checks).
+pub fn for_each_slice(iovs: &[IoVec], mut f: impl FnMut(&[u8])) {
+    for v in iovs {
+        // SAFETY: see the note above; the slice lives only for the call.
+        f(unsafe { std::slice::from_raw_parts(v.base(), v.len()) });
+    }
+}
+
+/// Appends to `out` the part of `iovs` covering bytes `[offset, offset + len)`.
+pub fn slice_into(iovs: &[IoVec], mut offset: usize, mut len: usize, out: &mut Vec<IoVec>) {
+    for v in iovs {
+        if len == 0 {
+            break;
+        }
+        if offset >= v.len() {
+            offset -= v.len();
+            continue;
+        }
+        let n = (v.len() - offset).min(len);
+        // SAFETY: a sub-range of a segment that is valid under the same contract.
+        out.push(unsafe { IoVec::new(v.base().add(offset), n) });
+        len -= n;
+        offset = 0;
+    }
+}
+
+/// A heap buffer aligned for direct I/O (4 KiB by default), zero-filled.
+pub struct DmaBuf {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+impl DmaBuf {
+    pub fn new(len: usize, align: usize) -> Option<DmaBuf> {
+        let layout = std::alloc::Layout::from_size_align(len.max(1), align.max(1)).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = std::ptr::NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?;
+        Some(DmaBuf { ptr, layout })
+    }
+
+    pub fn len(&self) -> usize {
+        self.layout.size()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.layout.size() == 0
+    }
+
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: we own `len` initialised bytes; no I/O may be in flight while a caller holds this.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len()) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` makes the view exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len()) }
+    }
+
+    /// The whole buffer as one segment.
+    ///
+    /// # Safety
+    /// The buffer must outlive, and not be otherwise accessed during, every I/O carrying it.
+    pub unsafe fn iovec(&self) -> IoVec {
+        // SAFETY: forwarded to the caller.
+        unsafe { IoVec::new(self.ptr.as_ptr(), self.len()) }
+    }
+}
+
+impl Drop for DmaBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+// SAFETY: DmaBuf owns its allocation outright, like a Box<[u8]>.
+unsafe impl Send for DmaBuf {}
