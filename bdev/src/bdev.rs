@@ -66,7 +66,13 @@ pub struct BdevProps {
 }
 
 impl BdevProps {
-    pub fn new(name: &str, module: &'static str, product_name: &str, block_size: u32, num_blocks: u64) -> Self {
+    pub fn new(
+        name: &str,
+        module: &'static str,
+        product_name: &str,
+        block_size: u32,
+        num_blocks: u64,
+    ) -> Self {
         BdevProps {
             name: name.to_string(),
             aliases: Vec::new(),
@@ -153,7 +159,11 @@ impl Bdev {
             reg.push(bdev.clone());
             bdev
         };
-        tracing::info!(bdev = bdev.name(), module = bdev.module(), "bdev registered");
+        tracing::info!(
+            bdev = bdev.name(),
+            module = bdev.module(),
+            "bdev registered"
+        );
         crate::module::examine(&bdev);
         Ok(bdev)
     }
@@ -234,8 +244,11 @@ impl Bdev {
                 return;
             }
             st.removing = true;
-            let events: Vec<(Option<ThreadHandle>, EventFn)> =
-                st.descs.iter().map(|d| (d.thread.clone(), d.event.clone())).collect();
+            let events: Vec<(Option<ThreadHandle>, EventFn)> = st
+                .descs
+                .iter()
+                .map(|d| (d.thread.clone(), d.event.clone()))
+                .collect();
             (events, st.descs.is_empty())
         };
         tracing::info!(bdev = self.name(), "bdev unregistering");
@@ -267,7 +280,13 @@ impl Bdev {
 
     /// Sums the statistics of every channel (visiting each thread), then calls `done` on the caller.
     pub fn get_iostat(&self, done: impl FnOnce(IoStat) + Send + 'static) {
-        let sum = Arc::new(Mutex::new(self.0.retired_stat.lock().map(|s| s.clone()).unwrap_or_default()));
+        let sum = Arc::new(Mutex::new(
+            self.0
+                .retired_stat
+                .lock()
+                .map(|s| s.clone())
+                .unwrap_or_default(),
+        ));
         let s = sum.clone();
         self.0.io_device.for_each_channel(
             move |ch| {
@@ -287,11 +306,32 @@ impl Bdev {
         aliases.extend(p.aliases.iter().cloned());
         let mut supported = serde_json::Map::new();
         for name in [
-            "read", "write", "unmap", "flush", "reset", "nvme_admin", "nvme_io", "nvme_io_md", "write_zeroes", "zcopy",
-            "get_zone_info", "zone_management", "zone_append", "compare", "compare_and_write", "abort", "seek_hole",
-            "seek_data", "copy", "nvme_iov_md", "nvme_nssr", "write_uncorrectable",
+            "read",
+            "write",
+            "unmap",
+            "flush",
+            "reset",
+            "nvme_admin",
+            "nvme_io",
+            "nvme_io_md",
+            "write_zeroes",
+            "zcopy",
+            "get_zone_info",
+            "zone_management",
+            "zone_append",
+            "compare",
+            "compare_and_write",
+            "abort",
+            "seek_hole",
+            "seek_data",
+            "copy",
+            "nvme_iov_md",
+            "nvme_nssr",
+            "write_uncorrectable",
         ] {
-            let yes = IoType::ALL.iter().any(|t| t.name() == name && self.io_type_supported(*t));
+            let yes = IoType::ALL
+                .iter()
+                .any(|t| t.name() == name && self.io_type_supported(*t));
             supported.insert(name.to_string(), json!(yes));
         }
         let mut v = json!({
@@ -338,7 +378,10 @@ fn validate(p: &BdevProps) -> Result<(), BdevError> {
         return Err(BdevError::invalid("bdev name must be 1 to 255 characters"));
     }
     if !p.block_size.is_power_of_two() || !(512..=65536).contains(&p.block_size) {
-        return Err(BdevError::invalid(format!("block size {} is not a power of two in 512..65536", p.block_size)));
+        return Err(BdevError::invalid(format!(
+            "block size {} is not a power of two in 512..65536",
+            p.block_size
+        )));
     }
     if p.num_blocks == 0 {
         return Err(BdevError::invalid("a bdev needs at least one block"));
@@ -353,7 +396,10 @@ fn create_channel(weak: &Weak<BdevInner>) -> Result<ChannelInner, i32> {
     let inner = weak.upgrade().ok_or(libc::ENODEV)?;
     let thread = Thread::current().ok_or(libc::ENXIO)?;
     let module_ch = inner.ops.create_channel().map_err(|e| e.errno())?;
-    let supported = IoType::ALL.iter().filter(|t| inner.ops.io_type_supported(**t)).fold(0, |m, t| m | t.bit());
+    let supported = IoType::ALL
+        .iter()
+        .filter(|t| inner.ops.io_type_supported(**t))
+        .fold(0, |m, t| m | t.bit());
     let p = &inner.props;
     Ok(ChannelInner {
         bdev: weak.clone(),
@@ -363,6 +409,10 @@ fn create_channel(weak: &Weak<BdevInner>) -> Result<ChannelInner, i32> {
         block_size: p.block_size,
         num_blocks: p.num_blocks,
         supported,
-        split_boundary: if p.split_on_optimal_io_boundary { p.optimal_io_boundary as u64 } else { 0 },
+        split_boundary: if p.split_on_optimal_io_boundary {
+            p.optimal_io_boundary as u64
+        } else {
+            0
+        },
     })
 }

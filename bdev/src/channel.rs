@@ -63,8 +63,23 @@ pub struct BdevChannel {
 }
 
 impl BdevChannel {
-    pub fn read(&self, iovs: &[IoVec], offset_blocks: u64, num_blocks: u64, cb: IoCallback, ctx: IoCtx) -> SubmitResult {
-        self.submit(IoType::Read, iovs, offset_blocks, num_blocks, IoFlags::default(), cb, ctx)
+    pub fn read(
+        &self,
+        iovs: &[IoVec],
+        offset_blocks: u64,
+        num_blocks: u64,
+        cb: IoCallback,
+        ctx: IoCtx,
+    ) -> SubmitResult {
+        self.submit(
+            IoType::Read,
+            iovs,
+            offset_blocks,
+            num_blocks,
+            IoFlags::default(),
+            cb,
+            ctx,
+        )
     }
 
     pub fn write(
@@ -76,19 +91,69 @@ impl BdevChannel {
         cb: IoCallback,
         ctx: IoCtx,
     ) -> SubmitResult {
-        self.submit(IoType::Write, iovs, offset_blocks, num_blocks, flags, cb, ctx)
+        self.submit(
+            IoType::Write,
+            iovs,
+            offset_blocks,
+            num_blocks,
+            flags,
+            cb,
+            ctx,
+        )
     }
 
-    pub fn unmap(&self, offset_blocks: u64, num_blocks: u64, cb: IoCallback, ctx: IoCtx) -> SubmitResult {
-        self.submit(IoType::Unmap, &[], offset_blocks, num_blocks, IoFlags::default(), cb, ctx)
+    pub fn unmap(
+        &self,
+        offset_blocks: u64,
+        num_blocks: u64,
+        cb: IoCallback,
+        ctx: IoCtx,
+    ) -> SubmitResult {
+        self.submit(
+            IoType::Unmap,
+            &[],
+            offset_blocks,
+            num_blocks,
+            IoFlags::default(),
+            cb,
+            ctx,
+        )
     }
 
-    pub fn write_zeroes(&self, offset_blocks: u64, num_blocks: u64, cb: IoCallback, ctx: IoCtx) -> SubmitResult {
-        self.submit(IoType::WriteZeroes, &[], offset_blocks, num_blocks, IoFlags::default(), cb, ctx)
+    pub fn write_zeroes(
+        &self,
+        offset_blocks: u64,
+        num_blocks: u64,
+        cb: IoCallback,
+        ctx: IoCtx,
+    ) -> SubmitResult {
+        self.submit(
+            IoType::WriteZeroes,
+            &[],
+            offset_blocks,
+            num_blocks,
+            IoFlags::default(),
+            cb,
+            ctx,
+        )
     }
 
-    pub fn flush(&self, offset_blocks: u64, num_blocks: u64, cb: IoCallback, ctx: IoCtx) -> SubmitResult {
-        self.submit(IoType::Flush, &[], offset_blocks, num_blocks, IoFlags::default(), cb, ctx)
+    pub fn flush(
+        &self,
+        offset_blocks: u64,
+        num_blocks: u64,
+        cb: IoCallback,
+        ctx: IoCtx,
+    ) -> SubmitResult {
+        self.submit(
+            IoType::Flush,
+            &[],
+            offset_blocks,
+            num_blocks,
+            IoFlags::default(),
+            cb,
+            ctx,
+        )
     }
 
     pub fn reset(&self, cb: IoCallback, ctx: IoCtx) -> SubmitResult {
@@ -97,7 +162,11 @@ impl BdevChannel {
 
     /// Calls `f(ctx)` on this thread once an I/O is free again (after a NoMemory submit).
     pub fn queue_io_wait(&self, f: fn(IoCtx), ctx: IoCtx) {
-        self.ch.thread.waiters.borrow_mut().push_back(Waiter::Call(f, ctx));
+        self.ch
+            .thread
+            .waiters
+            .borrow_mut()
+            .push_back(Waiter::Call(f, ctx));
     }
 
     pub fn block_size(&self) -> u32 {
@@ -139,7 +208,10 @@ impl BdevChannel {
         }
         let ch = &self.ch;
         let Some(mut d) = ch.thread.alloc() else {
-            return Err(SubmitError { error: BdevError::NoMemory, ctx });
+            return Err(SubmitError {
+                error: BdevError::NoMemory,
+                ctx,
+            });
         };
         d.io_type = io_type;
         d.offset_blocks = offset_blocks;
@@ -156,7 +228,8 @@ impl BdevChannel {
         let io = BdevIo::from_data(d);
         if ch.split_boundary != 0
             && matches!(io_type, IoType::Read | IoType::Write)
-            && offset_blocks / ch.split_boundary != (offset_blocks + num_blocks - 1) / ch.split_boundary
+            && offset_blocks / ch.split_boundary
+                != (offset_blocks + num_blocks - 1) / ch.split_boundary
         {
             let mut io = io;
             io.data_mut().split_next = offset_blocks;
@@ -168,12 +241,19 @@ impl BdevChannel {
     }
 
     #[inline]
-    fn check(&self, io_type: IoType, iovs: &[IoVec], offset_blocks: u64, num_blocks: u64) -> Result<(), BdevError> {
+    fn check(
+        &self,
+        io_type: IoType,
+        iovs: &[IoVec],
+        offset_blocks: u64,
+        num_blocks: u64,
+    ) -> Result<(), BdevError> {
         let ch = &self.ch;
         if ch.supported & io_type.bit() == 0 {
             return Err(BdevError::NotSupported(io_type.name()));
         }
-        if !self.writable && matches!(io_type, IoType::Write | IoType::Unmap | IoType::WriteZeroes) {
+        if !self.writable && matches!(io_type, IoType::Write | IoType::Unmap | IoType::WriteZeroes)
+        {
             return Err(BdevError::ReadOnly);
         }
         if io_type == IoType::Reset {
@@ -188,7 +268,9 @@ impl BdevChannel {
                 return Err(BdevError::invalid("zero-length I/O"));
             }
             if iov::total_len(iovs) as u64 != num_blocks * ch.block_size as u64 {
-                return Err(BdevError::invalid("buffer length does not match the block count"));
+                return Err(BdevError::invalid(
+                    "buffer length does not match the block count",
+                ));
             }
         }
         Ok(())
@@ -230,7 +312,9 @@ pub(crate) fn resubmit(mut io: BdevIo) {
 /// Submits the next child of a split parent, or completes the parent when all are done.
 /// Children go one at a time: the parent travels in the child's context.
 fn split_continue(mut parent: BdevIo) {
-    let Some(ch) = parent.data().ch.clone() else { return };
+    let Some(ch) = parent.data().ch.clone() else {
+        return;
+    };
     let d = parent.data();
     let end = d.offset_blocks + d.num_blocks;
     let next = d.split_next;
@@ -243,7 +327,10 @@ fn split_continue(mut parent: BdevIo) {
         return;
     }
     let Some(mut c) = ch.thread.alloc() else {
-        ch.thread.waiters.borrow_mut().push_back(Waiter::Call(split_resume, IoCtx::Io(parent)));
+        ch.thread
+            .waiters
+            .borrow_mut()
+            .push_back(Waiter::Call(split_resume, IoCtx::Io(parent)));
         return;
     };
     let child_end = end.min((next / ch.split_boundary + 1) * ch.split_boundary);
@@ -252,7 +339,12 @@ fn split_continue(mut parent: BdevIo) {
     c.offset_blocks = next;
     c.num_blocks = child_end - next;
     c.flags = d.flags;
-    iov::slice_into(&d.iovs, (next - d.offset_blocks) as usize * bs, (child_end - next) as usize * bs, &mut c.iovs);
+    iov::slice_into(
+        &d.iovs,
+        (next - d.offset_blocks) as usize * bs,
+        (child_end - next) as usize * bs,
+        &mut c.iovs,
+    );
     c.status = IoStatus::Pending;
     c.cb = Some(split_child_done);
     c.ch = Some(ch.clone());

@@ -21,7 +21,11 @@ pub struct BdevDesc {
 impl BdevDesc {
     /// Opens `name` (name, alias or UUID). `event` runs on the opening thread when the bdev is being
     /// removed; the holder must then close the descriptor.
-    pub fn open(name: &str, write: bool, event: impl Fn(BdevEvent) + Send + Sync + 'static) -> Result<BdevDesc, BdevError> {
+    pub fn open(
+        name: &str,
+        write: bool,
+        event: impl Fn(BdevEvent) + Send + Sync + 'static,
+    ) -> Result<BdevDesc, BdevError> {
         let bdev = Bdev::lookup(name).ok_or_else(|| BdevError::NoSuchDevice(name.to_string()))?;
         let id = NEXT_DESC_ID.fetch_add(1, Ordering::Relaxed);
         {
@@ -30,9 +34,17 @@ impl BdevDesc {
                 return Err(BdevError::Removing(name.to_string()));
             }
             if write && let Some((module, _)) = &st.claim {
-                return Err(BdevError::Claimed { bdev: bdev.name().to_string(), module: module.clone() });
+                return Err(BdevError::Claimed {
+                    bdev: bdev.name().to_string(),
+                    module: module.clone(),
+                });
             }
-            st.descs.push(DescEntry { id, write, thread: Thread::current_handle(), event: Arc::new(event) });
+            st.descs.push(DescEntry {
+                id,
+                write,
+                thread: Thread::current_handle(),
+                event: Arc::new(event),
+            });
         }
         Ok(BdevDesc { bdev, id, write })
     }
@@ -50,10 +62,14 @@ impl BdevDesc {
         let mut st = self.bdev.state();
         let other_writer = st.descs.iter().any(|d| d.write && d.id != self.id);
         match &st.claim {
-            Some((m, _)) => Err(BdevError::Claimed { bdev: self.bdev.name().to_string(), module: m.clone() }),
-            None if other_writer => {
-                Err(BdevError::Claimed { bdev: self.bdev.name().to_string(), module: "another writer".into() })
-            }
+            Some((m, _)) => Err(BdevError::Claimed {
+                bdev: self.bdev.name().to_string(),
+                module: m.clone(),
+            }),
+            None if other_writer => Err(BdevError::Claimed {
+                bdev: self.bdev.name().to_string(),
+                module: "another writer".into(),
+            }),
             None => {
                 st.claim = Some((module.to_string(), self.id));
                 Ok(())
@@ -63,11 +79,22 @@ impl BdevDesc {
 
     /// The calling thread's channel for I/O through this descriptor.
     pub fn get_io_channel(&self) -> Result<BdevChannel, BdevError> {
-        let ch = self.bdev.0.io_device.get_channel().map_err(|errno| match errno {
-            libc::ENXIO => BdevError::NoThread,
-            e => BdevError::io(e, format!("cannot create a channel for {}", self.bdev.name())),
-        })?;
-        Ok(BdevChannel { ch, writable: self.write })
+        let ch = self
+            .bdev
+            .0
+            .io_device
+            .get_channel()
+            .map_err(|errno| match errno {
+                libc::ENXIO => BdevError::NoThread,
+                e => BdevError::io(
+                    e,
+                    format!("cannot create a channel for {}", self.bdev.name()),
+                ),
+            })?;
+        Ok(BdevChannel {
+            ch,
+            writable: self.write,
+        })
     }
 
     /// Closes the descriptor (same as dropping it).

@@ -41,11 +41,13 @@ impl BdevError {
     }
 
     pub fn io(errno: i32, msg: impl Into<String>) -> BdevError {
-        BdevError::Io { errno, msg: msg.into() }
+        BdevError::Io {
+            errno,
+            msg: msg.into(),
+        }
     }
 
     pub fn invalid(msg: impl Into<String>) -> BdevError {
         BdevError::InvalidParam(msg.into())
     }
 }
-

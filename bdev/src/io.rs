@@ -26,8 +26,14 @@ pub enum IoType {
 }
 
 impl IoType {
-    pub const ALL: [IoType; 6] =
-        [IoType::Read, IoType::Write, IoType::Flush, IoType::Unmap, IoType::WriteZeroes, IoType::Reset];
+    pub const ALL: [IoType; 6] = [
+        IoType::Read,
+        IoType::Write,
+        IoType::Flush,
+        IoType::Unmap,
+        IoType::WriteZeroes,
+        IoType::Reset,
+    ];
 
     /// SPDK's key in `supported_io_types`.
     pub fn name(self) -> &'static str {
@@ -163,9 +169,14 @@ impl BdevIo {
     /// Finishes the I/O; the submitter's callback runs from the thread's completion poller.
     pub fn complete(mut self, status: IoStatus) {
         self.data_mut().status = status;
-        let Some(ch) = self.data().ch.clone() else { return };
+        let Some(ch) = self.data().ch.clone() else {
+            return;
+        };
         if status == IoStatus::NoMemory {
-            ch.thread.waiters.borrow_mut().push_back(Waiter::Resubmit(self));
+            ch.thread
+                .waiters
+                .borrow_mut()
+                .push_back(Waiter::Resubmit(self));
         } else {
             ch.thread.completions.borrow_mut().push_back(self);
         }
@@ -186,7 +197,9 @@ impl BdevIo {
 
 impl Drop for BdevIo {
     fn drop(&mut self) {
-        let Some(mut data) = self.0.take() else { return };
+        let Some(mut data) = self.0.take() else {
+            return;
+        };
         let Some(ch) = data.ch.take() else { return };
         data.iovs.clear();
         data.ctx = IoCtx::None;
@@ -230,13 +243,17 @@ impl BdevThread {
         let t = thread.local::<BdevThread>();
         if !t.ready.replace(true) {
             let size = crate::options().bdev_io_cache_size as usize;
-            t.pool.borrow_mut().extend((0..size).map(|_| Box::new(IoData::new())));
+            t.pool
+                .borrow_mut()
+                .extend((0..size).map(|_| Box::new(IoData::new())));
             t.completions.borrow_mut().reserve(size);
             t.waiters.borrow_mut().reserve(size);
             let weak: Weak<BdevThread> = Rc::downgrade(&t);
-            Poller::register_on(thread, "bdev_completions", 0, move || match weak.upgrade() {
-                Some(t) => t.poll(),
-                None => PollStatus::Idle,
+            Poller::register_on(thread, "bdev_completions", 0, move || {
+                match weak.upgrade() {
+                    Some(t) => t.poll(),
+                    None => PollStatus::Idle,
+                }
             });
         }
         t
@@ -251,7 +268,9 @@ impl BdevThread {
     fn poll(&self) -> PollStatus {
         let n = self.completions.borrow().len();
         for _ in 0..n {
-            let Some(io) = self.completions.borrow_mut().pop_front() else { break };
+            let Some(io) = self.completions.borrow_mut().pop_front() else {
+                break;
+            };
             crate::channel::finish(io);
         }
         let mut woke = false;
@@ -261,7 +280,9 @@ impl BdevThread {
             if self.pool.borrow().is_empty() {
                 break;
             }
-            let Some(w) = self.waiters.borrow_mut().pop_front() else { break };
+            let Some(w) = self.waiters.borrow_mut().pop_front() else {
+                break;
+            };
             woke = true;
             match w {
                 Waiter::Resubmit(io) => crate::channel::resubmit(io),

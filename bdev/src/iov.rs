@@ -14,7 +14,10 @@ impl IoVec {
     /// `base..base+len` must be valid for reads and writes, and not accessed by anything else,
     /// until every I/O carrying this vector has completed.
     pub unsafe fn new(base: *mut u8, len: usize) -> IoVec {
-        IoVec(libc::iovec { iov_base: base.cast(), iov_len: len })
+        IoVec(libc::iovec {
+            iov_base: base.cast(),
+            iov_len: len,
+        })
     }
 
     pub fn len(&self) -> usize {

@@ -77,12 +77,18 @@ impl Default for BdevOptions {
 static OPTIONS: Mutex<Option<BdevOptions>> = Mutex::new(None);
 
 pub fn options() -> BdevOptions {
-    OPTIONS.lock().ok().and_then(|o| o.clone()).unwrap_or_default()
+    OPTIONS
+        .lock()
+        .ok()
+        .and_then(|o| o.clone())
+        .unwrap_or_default()
 }
 
 pub fn set_options(o: BdevOptions) -> Result<(), BdevError> {
     if o.bdev_io_cache_size == 0 || o.bdev_io_cache_size > o.bdev_io_pool_size {
-        return Err(BdevError::invalid("bdev_io_cache_size must be between 1 and bdev_io_pool_size"));
+        return Err(BdevError::invalid(
+            "bdev_io_cache_size must be between 1 and bdev_io_pool_size",
+        ));
     }
     if let Ok(mut g) = OPTIONS.lock() {
         *g = Some(o);
@@ -114,3 +120,6 @@ pub fn subsystem_fini(done: impl FnOnce() + Send + 'static) {
     }
     next(Box::new(done));
 }
+
+pub mod malloc;
+pub mod null;

@@ -30,7 +30,9 @@ impl OpStat {
         self.ops += o.ops;
         self.latency_ticks += o.latency_ticks;
         self.max_latency_ticks = self.max_latency_ticks.max(o.max_latency_ticks);
-        if o.min_latency_ticks != 0 && (self.min_latency_ticks == 0 || o.min_latency_ticks < self.min_latency_ticks) {
+        if o.min_latency_ticks != 0
+            && (self.min_latency_ticks == 0 || o.min_latency_ticks < self.min_latency_ticks)
+        {
             self.min_latency_ticks = o.min_latency_ticks;
         }
     }

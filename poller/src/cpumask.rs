@@ -25,7 +25,10 @@ impl CpuMask {
                 cores.extend(a..=b);
             }
         } else {
-            let hex = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
+            let hex = s
+                .strip_prefix("0x")
+                .or_else(|| s.strip_prefix("0X"))
+                .unwrap_or(s);
             if hex.is_empty() || hex.len() > 32 {
                 return Err(bad());
             }
@@ -54,8 +57,15 @@ impl CpuMask {
         for &c in &self.0 {
             digits[c as usize / 4] |= 1 << (c % 4);
         }
-        let s: String = digits.iter().rev().map(|d| char::from_digit(*d as u32, 16).unwrap_or('0')).collect();
-        format!("0x{}", s.trim_start_matches('0').to_string() + if self.0.is_empty() { "0" } else { "" })
+        let s: String = digits
+            .iter()
+            .rev()
+            .map(|d| char::from_digit(*d as u32, 16).unwrap_or('0'))
+            .collect();
+        format!(
+            "0x{}",
+            s.trim_start_matches('0').to_string() + if self.0.is_empty() { "0" } else { "" }
+        )
     }
 }
 

@@ -17,9 +17,20 @@ impl Harness {
     pub fn new(n: usize) -> Harness {
         let group = Group::new();
         let threads = (0..n)
-            .map(|i| Thread::new(&format!("ut_thread{i}"), i as u32, &group, Arc::new(Waker::default())))
+            .map(|i| {
+                Thread::new(
+                    &format!("ut_thread{i}"),
+                    i as u32,
+                    &group,
+                    Arc::new(Waker::default()),
+                )
+            })
             .collect();
-        Harness { threads, group, now: crate::time::ticks() }
+        Harness {
+            threads,
+            group,
+            now: crate::time::ticks(),
+        }
     }
 
     pub fn thread(&self, i: usize) -> &Thread {

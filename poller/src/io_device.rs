@@ -26,7 +26,11 @@ pub struct IoDevice<T> {
 
 impl<T> Clone for IoDevice<T> {
     fn clone(&self) -> Self {
-        IoDevice { id: self.id, name: self.name.clone(), create: self.create.clone() }
+        IoDevice {
+            id: self.id,
+            name: self.name.clone(),
+            create: self.create.clone(),
+        }
     }
 }
 
@@ -38,7 +42,10 @@ pub struct IoChannel<T> {
 
 impl<T> Clone for IoChannel<T> {
     fn clone(&self) -> Self {
-        IoChannel { inner: self.inner.clone(), device_id: self.device_id }
+        IoChannel {
+            inner: self.inner.clone(),
+            device_id: self.device_id,
+        }
     }
 }
 
@@ -94,14 +101,20 @@ impl<T: 'static> IoDevice<T> {
         let mut channels = thread.inner.channels.borrow_mut();
         channels.retain(|_, w| w.strong_count() > 0);
         channels.insert(self.id, Rc::downgrade(&erased));
-        Ok(IoChannel { inner: ctx, device_id: self.id })
+        Ok(IoChannel {
+            inner: ctx,
+            device_id: self.id,
+        })
     }
 
     /// The current thread's channel if one exists (never creates one).
     pub fn existing_channel(&self, thread: &Thread) -> Option<IoChannel<T>> {
         let weak = thread.inner.channels.borrow().get(&self.id)?.clone();
         let inner = weak.upgrade()?.downcast::<T>().ok()?;
-        Some(IoChannel { inner, device_id: self.id })
+        Some(IoChannel {
+            inner,
+            device_id: self.id,
+        })
     }
 
     /// Calls `f` on every thread of the caller's group that holds a channel of this device, one

@@ -18,8 +18,8 @@ pub use harness::Harness;
 pub use io_device::{IoChannel, IoDevice};
 pub use poller::{PollStatus, Poller};
 pub use reactor::{
-    ReactorInfo, ReactorOptions, app_thread, idle_backoff, reactor_cores, reactors, run, spawn_thread, stop,
-    threads,
+    ReactorInfo, ReactorOptions, app_thread, idle_backoff, reactor_cores, reactors, run,
+    spawn_thread, stop, threads,
 };
 pub use thread::{Group, Thread, ThreadCounters, ThreadHandle, Waker};
 

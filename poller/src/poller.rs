@@ -16,7 +16,11 @@ pub enum PollStatus {
 
 impl From<bool> for PollStatus {
     fn from(busy: bool) -> Self {
-        if busy { PollStatus::Busy } else { PollStatus::Idle }
+        if busy {
+            PollStatus::Busy
+        } else {
+            PollStatus::Idle
+        }
     }
 }
 
@@ -75,7 +79,11 @@ impl PollerInner {
         let Ok(mut f) = self.f.try_borrow_mut() else {
             return PollStatus::Idle;
         };
-        let prev = RUNNING.with(|r| r.replace(Some(Poller { inner: self.clone() })));
+        let prev = RUNNING.with(|r| {
+            r.replace(Some(Poller {
+                inner: self.clone(),
+            }))
+        });
         let status = f();
         RUNNING.with(|r| *r.borrow_mut() = prev);
         self.run_count.set(self.run_count.get() + 1);
@@ -112,7 +120,11 @@ impl Poller {
         period_us: u64,
         f: impl FnMut() -> PollStatus + 'static,
     ) -> Poller {
-        let period_ticks = if period_us == 0 { 0 } else { crate::time::us_to_ticks(period_us).max(1) };
+        let period_ticks = if period_us == 0 {
+            0
+        } else {
+            crate::time::us_to_ticks(period_us).max(1)
+        };
         let inner = Rc::new(PollerInner {
             name: name.to_string(),
             period_ticks,

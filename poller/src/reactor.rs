@@ -29,7 +29,11 @@ pub struct ReactorOptions {
 
 impl Default for ReactorOptions {
     fn default() -> Self {
-        ReactorOptions { cpumask: CpuMask::single(0), idle_backoff: false, pin: true }
+        ReactorOptions {
+            cpumask: CpuMask::single(0),
+            idle_backoff: false,
+            pin: true,
+        }
     }
 }
 
@@ -132,7 +136,11 @@ fn place(r: &Arc<ReactorShared>, group: &Arc<Group>, h: ThreadHandle) {
     r.waker.wake();
 }
 
-fn reactor_loop(r: &ReactorShared, group: &Arc<Group>, opts: &ReactorOptions) -> Result<(), PollerError> {
+fn reactor_loop(
+    r: &ReactorShared,
+    group: &Arc<Group>,
+    opts: &ReactorOptions,
+) -> Result<(), PollerError> {
     if opts.pin {
         pin_to_core(r.core)?;
     }
@@ -185,7 +193,8 @@ fn reactor_loop(r: &ReactorShared, group: &Arc<Group>, opts: &ReactorOptions) ->
 
 fn pin_to_core(core: u32) -> Result<(), PollerError> {
     let mut set = nix::sched::CpuSet::new();
-    set.set(core as usize).map_err(|e| PollerError::Affinity(core, e.to_string()))?;
+    set.set(core as usize)
+        .map_err(|e| PollerError::Affinity(core, e.to_string()))?;
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
         .map_err(|e| PollerError::Affinity(core, e.to_string()))
 }
@@ -194,7 +203,11 @@ fn pin_to_core(core: u32) -> Result<(), PollerError> {
 pub fn spawn_thread(name: &str, core: Option<u32>) -> Result<ThreadHandle, PollerError> {
     let rt = runtime().ok_or(PollerError::NotRunning)?;
     let r = match core {
-        Some(c) => rt.reactors.iter().find(|r| r.core == c).ok_or(PollerError::NoSuchCore(c))?,
+        Some(c) => rt
+            .reactors
+            .iter()
+            .find(|r| r.core == c)
+            .ok_or(PollerError::NoSuchCore(c))?,
         None => &rt.reactors[rt.next.fetch_add(1, Ordering::Relaxed) % rt.reactors.len()],
     };
     let h = ThreadHandle::new_detached(name, r.core, r.waker.clone());
@@ -219,7 +232,9 @@ pub fn app_thread() -> Option<ThreadHandle> {
 
 /// Cores of the running reactors, in mask order.
 pub fn reactor_cores() -> Vec<u32> {
-    runtime().map(|rt| rt.reactors.iter().map(|r| r.core).collect()).unwrap_or_default()
+    runtime()
+        .map(|rt| rt.reactors.iter().map(|r| r.core).collect())
+        .unwrap_or_default()
 }
 
 pub fn idle_backoff() -> bool {
@@ -227,7 +242,9 @@ pub fn idle_backoff() -> bool {
 }
 
 pub fn reactors() -> Vec<ReactorInfo> {
-    let Some(rt) = runtime() else { return Vec::new() };
+    let Some(rt) = runtime() else {
+        return Vec::new();
+    };
     rt.reactors
         .iter()
         .map(|r| ReactorInfo {

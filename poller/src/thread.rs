@@ -218,7 +218,9 @@ impl Thread {
     }
 
     pub fn handle(&self) -> ThreadHandle {
-        ThreadHandle { shared: self.inner.shared.clone() }
+        ThreadHandle {
+            shared: self.inner.shared.clone(),
+        }
     }
 
     pub fn id(&self) -> u64 {
@@ -286,8 +288,18 @@ impl Thread {
     pub fn is_exited(&self) -> bool {
         let done = self.inner.exit_requested.get()
             && self.inner.shared.queue.is_empty()
-            && self.inner.pollers.borrow().iter().all(|p| p.is_unregistered())
-            && self.inner.channels.borrow().values().all(|w| w.strong_count() == 0);
+            && self
+                .inner
+                .pollers
+                .borrow()
+                .iter()
+                .all(|p| p.is_unregistered())
+            && self
+                .inner
+                .channels
+                .borrow()
+                .values()
+                .all(|w| w.strong_count() == 0);
         if done {
             self.inner.shared.exited.store(true, Ordering::Release);
             self.inner.group.remove(self.id());
@@ -334,7 +346,11 @@ impl Thread {
             self.publish_poller_counts();
         }
         let spent = crate::time::ticks().saturating_sub(now);
-        let counter = if busy { &inner.shared.counters.busy_ticks } else { &inner.shared.counters.idle_ticks };
+        let counter = if busy {
+            &inner.shared.counters.busy_ticks
+        } else {
+            &inner.shared.counters.idle_ticks
+        };
         counter.fetch_add(spent, Ordering::Relaxed);
         busy
     }

@@ -22,7 +22,12 @@ fn messages_run_in_order_on_the_target_thread() {
     assert!(log.lock().unwrap().is_empty());
     assert!(h.poll_thread(1));
     let got = log.lock().unwrap().clone();
-    assert_eq!(got, (0..5).map(|i| ("ut_thread1".to_string(), i)).collect::<Vec<_>>());
+    assert_eq!(
+        got,
+        (0..5)
+            .map(|i| ("ut_thread1".to_string(), i))
+            .collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -68,7 +73,14 @@ fn poller_pauses_and_unregisters_itself() {
     assert!(!p.is_registered());
     h.poll_thread(0);
     assert_eq!(runs.get(), 3, "an unregistered poller never runs again");
-    assert_eq!(h.thread(0).handle().counters().active_pollers.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        h.thread(0)
+            .handle()
+            .counters()
+            .active_pollers
+            .load(Ordering::Relaxed),
+        0
+    );
 }
 
 #[test]
@@ -117,7 +129,11 @@ fn channels_are_per_thread_shared_and_destroyed_with_the_last_reference() {
     let (c, d) = (created.clone(), destroyed.clone());
     let dev = IoDevice::new("dev", move || {
         c.fetch_add(1, Ordering::SeqCst);
-        Ok(Ctx { thread: Thread::current().unwrap().name().into(), seen: Cell::new(0), destroyed: d.clone() })
+        Ok(Ctx {
+            thread: Thread::current().unwrap().name().into(),
+            seen: Cell::new(0),
+            destroyed: d.clone(),
+        })
     });
     let a1 = h.run_on(0, || dev.get_channel().unwrap());
     let a2 = h.run_on(0, || dev.get_channel().unwrap());
@@ -164,7 +180,10 @@ fn for_each_channel_visits_every_thread_then_completes_on_the_caller() {
     });
     // Step by step: the walk advances only as each thread is polled, in thread order.
     h.poll_thread(2);
-    assert!(visited.lock().unwrap().is_empty(), "thread 0 is visited first");
+    assert!(
+        visited.lock().unwrap().is_empty(),
+        "thread 0 is visited first"
+    );
     h.poll_thread(0);
     assert_eq!(*visited.lock().unwrap(), vec!["ut_thread0"]);
     h.poll_thread(1);
@@ -187,7 +206,9 @@ fn reactors_run_threads_on_two_cores_and_stop() {
     };
     poller::run(opts, move || {
         let app = Thread::current().unwrap();
-        s.lock().unwrap().push(("start".to_string(), app.handle().core()));
+        s.lock()
+            .unwrap()
+            .push(("start".to_string(), app.handle().core()));
         let worker = poller::spawn_thread("worker", Some(1)).unwrap();
         let s2 = s.clone();
         let app_h = app.handle();
@@ -200,5 +221,9 @@ fn reactors_run_threads_on_two_cores_and_stop() {
     .unwrap();
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen[0], ("start".to_string(), 0));
-    assert_eq!(seen[1], ("worker".to_string(), 1), "the worker runs pinned on core 1");
+    assert_eq!(
+        seen[1],
+        ("worker".to_string(), 1),
+        "the worker runs pinned on core 1"
+    );
 }
