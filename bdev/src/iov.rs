@@ -150,26 +150,55 @@ pub fn slice_into(iovs: &[IoVec], mut offset: usize, mut len: usize, out: &mut V
     }
 }
 
-/// A heap buffer aligned for direct I/O (4 KiB by default), zero-filled.
+/// A zero-filled buffer aligned for direct I/O. Large buffers are anonymous mappings, so a RAM
+/// disk of many GiB costs nothing until it is touched.
 pub struct DmaBuf {
     ptr: std::ptr::NonNull<u8>,
-    layout: std::alloc::Layout,
+    len: usize,
+    /// Some: heap allocation with this layout; None: anonymous mapping.
+    layout: Option<std::alloc::Layout>,
 }
 
+/// Buffers from this size up are mapped rather than allocated.
+const MAP_THRESHOLD: usize = 1 << 20;
+
 impl DmaBuf {
+    /// A buffer of `len` bytes aligned to `align` (a power of two up to the 4 KiB page for mapped
+    /// buffers). None when memory is short or the arguments are invalid.
     pub fn new(len: usize, align: usize) -> Option<DmaBuf> {
+        if len >= MAP_THRESHOLD && align <= 4096 {
+            // SAFETY: a fresh private anonymous mapping aliases nothing.
+            let p = unsafe {
+                nix::sys::mman::mmap_anonymous(
+                    None,
+                    std::num::NonZeroUsize::new(len)?,
+                    nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+                    nix::sys::mman::MapFlags::MAP_PRIVATE | nix::sys::mman::MapFlags::MAP_NORESERVE,
+                )
+            }
+            .ok()?;
+            return Some(DmaBuf {
+                ptr: p.cast(),
+                len,
+                layout: None,
+            });
+        }
         let layout = std::alloc::Layout::from_size_align(len.max(1), align.max(1)).ok()?;
         // SAFETY: the layout has a non-zero size.
         let ptr = std::ptr::NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?;
-        Some(DmaBuf { ptr, layout })
+        Some(DmaBuf {
+            ptr,
+            len,
+            layout: Some(layout),
+        })
     }
 
     pub fn len(&self) -> usize {
-        self.layout.size()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.layout.size() == 0
+        self.len == 0
     }
 
     pub fn as_mut_ptr(&self) -> *mut u8 {
@@ -178,12 +207,12 @@ impl DmaBuf {
 
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: we own `len` initialised bytes; no I/O may be in flight while a caller holds this.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len()) }
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as above, and `&mut self` makes the view exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len()) }
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 
     /// The whole buffer as one segment.
@@ -192,16 +221,22 @@ impl DmaBuf {
     /// The buffer must outlive, and not be otherwise accessed during, every I/O carrying it.
     pub unsafe fn iovec(&self) -> IoVec {
         // SAFETY: forwarded to the caller.
-        unsafe { IoVec::new(self.ptr.as_ptr(), self.len()) }
+        unsafe { IoVec::new(self.ptr.as_ptr(), self.len) }
     }
 }
 
 impl Drop for DmaBuf {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+        match self.layout {
+            // SAFETY: allocated in `new` with this layout.
+            Some(layout) => unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) },
+            // SAFETY: mapped in `new` with this length; nothing refers to it any more.
+            None => unsafe {
+                let _ = nix::sys::mman::munmap(self.ptr.cast(), self.len);
+            },
+        }
     }
 }
 
-// SAFETY: DmaBuf owns its allocation outright, like a Box<[u8]>.
+// SAFETY: DmaBuf owns its memory outright, like a Box<[u8]>.
 unsafe impl Send for DmaBuf {}

@@ -15,6 +15,7 @@ mod error;
 mod io;
 pub mod iov;
 mod module;
+pub mod rpc;
 mod stat;
 
 pub use bdev::{AsAnyRc, Bdev, BdevChannelOps, BdevEvent, BdevOps, BdevProps};

@@ -85,3 +85,21 @@ impl MallocCreateParams {
 pub struct MallocDeleteParams {
     pub name: String,
 }
+
+pub fn register_rpcs() {
+    use rpc::{Responder, StateMask};
+    rpc::register(
+        "bdev_malloc_create",
+        StateMask::RUNTIME,
+        |p: MallocCreateParams, r: Responder| {
+            crate::rpc::answer(r, super::create(p).map(|b| b.name().to_string()))
+        },
+    );
+    rpc::register(
+        "bdev_malloc_delete",
+        StateMask::RUNTIME,
+        |p: MallocDeleteParams, r: Responder| {
+            super::delete(&p.name, move |res| crate::rpc::answer(r, res.map(|_| true)))
+        },
+    );
+}

@@ -58,3 +58,21 @@ impl NullCreateParams {
 pub struct NullDeleteParams {
     pub name: String,
 }
+
+pub fn register_rpcs() {
+    use rpc::{Responder, StateMask};
+    rpc::register(
+        "bdev_null_create",
+        StateMask::RUNTIME,
+        |p: NullCreateParams, r: Responder| {
+            crate::rpc::answer(r, super::create(p).map(|b| b.name().to_string()))
+        },
+    );
+    rpc::register(
+        "bdev_null_delete",
+        StateMask::RUNTIME,
+        |p: NullDeleteParams, r: Responder| {
+            super::delete(&p.name, move |res| crate::rpc::answer(r, res.map(|_| true)))
+        },
+    );
+}
