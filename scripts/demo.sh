@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Builds pcache and starts pcache_tgt on the demo config: an emulated pmem file and a file origin,
+# served over JSON-RPC on /var/tmp/spdk.sock (override with PCACHE_RPC_SOCK). Ctrl-C stops it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+state=${PCACHE_DEMO_DIR:-/var/tmp/pcache-demo}
+sock=${PCACHE_RPC_SOCK:-/var/tmp/spdk.sock}
+mkdir -p "$state"
+cargo build --release -p app -p tools
+# The origin is a sparse 1 GiB file; the pmem file is created by bdev_pmem_create itself.
+[ -f "$state/origin.img" ] || truncate -s 1G "$state/origin.img"
+sed "s|@STATE@|$state|g" configs/demo.json > "$state/demo.json"
+echo "pcache_tgt: config $state/demo.json, RPC socket $sock"
+exec ./target/release/pcache_tgt -c "$state/demo.json" -r "$sock" -m "${PCACHE_CPUMASK:-0x1}" "$@"
