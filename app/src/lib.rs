@@ -74,6 +74,11 @@ pub fn register_rpcs() {
         bdev::rpc::register_layer_rpcs();
         bdev::malloc::rpc::register_rpcs();
         bdev::null::rpc::register_rpcs();
+        bdev::uring::rpc::register_rpcs();
+        bdev::pmem::rpc::register_rpcs();
+        bdev::passthru::rpc::register_rpcs();
+        bdev::delay::rpc::register_rpcs();
+        bdev::error_inject::rpc::register_rpcs();
         rpc::register("spdk_kill_instance", StateMask::BOTH, kill_instance);
         rpc::register(
             "framework_get_reactors",

@@ -346,6 +346,7 @@ impl Bdev {
             "preferred_unmap_alignment": 0,
             "preferred_unmap_granularity": 0,
             "uuid": self.0.uuid.to_string(),
+            "numa_id": -1,
             "assigned_rate_limits": {
                 "rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0, "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0
             },

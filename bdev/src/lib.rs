@@ -122,5 +122,10 @@ pub fn subsystem_fini(done: impl FnOnce() + Send + 'static) {
     next(Box::new(done));
 }
 
+pub mod delay;
+pub mod error_inject;
 pub mod malloc;
 pub mod null;
+pub mod passthru;
+pub mod pmem;
+pub mod uring;

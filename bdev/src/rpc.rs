@@ -57,7 +57,7 @@ fn get_bdevs(p: GetBdevsParams, r: Responder) {
         return;
     }
     let timeout_ms = p.timeout.unwrap_or(0.0);
-    if !(timeout_ms > 0.0) {
+    if timeout_ms.is_nan() || timeout_ms <= 0.0 {
         r.err(RpcError::errno(libc::ENODEV));
         return;
     }

@@ -57,7 +57,7 @@ impl MallocCreateParams {
         if self.md_size != 0 || self.dif_type != 0 {
             return Err(BdevError::invalid("metadata and DIF are not supported"));
         }
-        if self.block_size % 512 != 0 || !self.block_size.is_power_of_two() {
+        if !self.block_size.is_multiple_of(512) || !self.block_size.is_power_of_two() {
             return Err(BdevError::invalid(format!(
                 "block_size {} is not a power of two multiple of 512",
                 self.block_size

@@ -1,0 +1,96 @@
+//! `bdev_pmem_create` / `bdev_pmem_delete`.
+//!
+//! SPDK split creation in two (`bdev_pmem_create_pool` sized the file, `bdev_pmem_create` opened
+//! it); here one call does both: `block_size` and `num_blocks` are required only to create a
+//! missing file, and must match an existing one when given (`block_size` defaults to 4096).
+//! `mode` is pcache's extension: "auto" maps DAX with MAP_SYNC when the file system can and
+//! emulates otherwise, "emulated" never uses MAP_SYNC, "msync" makes a file on an ordinary disk
+//! durable with msync at FLUSH.
+
+use crate::BdevError;
+use ::rpc::{Responder, RpcError, StateMask};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PmemMode {
+    #[default]
+    Auto,
+    Emulated,
+    Msync,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PmemCreateParams {
+    pub name: String,
+    pub pmem_file: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_blocks: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<Uuid>,
+    #[serde(default)]
+    pub mode: PmemMode,
+}
+
+impl PmemCreateParams {
+    /// Opens `pmem_file` as it is (it must exist).
+    pub fn open(name: &str, pmem_file: &str) -> Self {
+        PmemCreateParams {
+            name: name.to_string(),
+            pmem_file: pmem_file.to_string(),
+            block_size: None,
+            num_blocks: None,
+            uuid: None,
+            mode: PmemMode::Auto,
+        }
+    }
+
+    /// Creates `pmem_file` at `num_blocks * block_size` bytes, or opens it if it has that size.
+    pub fn new(name: &str, pmem_file: &str, block_size: u32, num_blocks: u64) -> Self {
+        PmemCreateParams {
+            block_size: Some(block_size),
+            num_blocks: Some(num_blocks),
+            ..Self::open(name, pmem_file)
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PmemDeleteParams {
+    pub name: String,
+}
+
+/// Existence errors answer SPDK's strerror text; the others say what was wrong with the request.
+fn rpc_error(e: &BdevError) -> RpcError {
+    tracing::error!("{e}");
+    match e {
+        BdevError::Exists(_) | BdevError::NoSuchDevice(_) => RpcError::errno(e.errno()),
+        _ => RpcError::errno_msg(e.errno(), e.to_string()),
+    }
+}
+
+pub fn register_rpcs() {
+    ::rpc::register(
+        "bdev_pmem_create",
+        StateMask::RUNTIME,
+        |p: PmemCreateParams, r: Responder| match super::create(p) {
+            Ok(b) => r.ok(json!(b.name())),
+            Err(e) => r.err(rpc_error(&e)),
+        },
+    );
+    ::rpc::register(
+        "bdev_pmem_delete",
+        StateMask::RUNTIME,
+        |p: PmemDeleteParams, r: Responder| {
+            super::delete(&p.name, move |res| {
+                crate::rpc::answer(r, res.map(|()| true))
+            })
+        },
+    );
+}

@@ -1,0 +1,66 @@
+//! `bdev_uring_create` / `bdev_uring_delete` with SPDK's parameters.
+
+use crate::BdevError;
+use ::rpc::{Responder, RpcError, StateMask};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UringCreateParams {
+    pub name: String,
+    /// Path to a regular file or a block device.
+    pub filename: String,
+    /// Default (absent or 0): the device's logical block size, 512 for a regular file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<Uuid>,
+}
+
+impl UringCreateParams {
+    pub fn new(name: &str, filename: &str) -> Self {
+        UringCreateParams {
+            name: name.to_string(),
+            filename: filename.to_string(),
+            block_size: None,
+            uuid: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UringDeleteParams {
+    pub name: String,
+}
+
+/// Existence errors answer SPDK's strerror text; the others say what was wrong with the request.
+fn rpc_error(e: &BdevError) -> RpcError {
+    tracing::error!("{e}");
+    match e {
+        BdevError::Exists(_) | BdevError::NoSuchDevice(_) => RpcError::errno(e.errno()),
+        _ => RpcError::errno_msg(e.errno(), e.to_string()),
+    }
+}
+
+pub fn register_rpcs() {
+    ::rpc::register(
+        "bdev_uring_create",
+        StateMask::RUNTIME,
+        |p: UringCreateParams, r: Responder| match super::create(p) {
+            Ok(b) => r.ok(json!(b.name())),
+            Err(e) => r.err(rpc_error(&e)),
+        },
+    );
+    ::rpc::register(
+        "bdev_uring_delete",
+        StateMask::RUNTIME,
+        |p: UringDeleteParams, r: Responder| {
+            super::delete(&p.name, move |res| {
+                crate::rpc::answer(r, res.map(|()| true))
+            })
+        },
+    );
+}
