@@ -31,8 +31,19 @@ pub trait BdevChannelOps: AsAnyRc {
     fn submit_request(&self, io: BdevIo);
 }
 
+/// Lets a stacked module recognise a base bdev's ops type (`Bdev::ops_as`).
+pub trait AsAny {
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<T: 'static> AsAny for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
 /// A module's per-bdev operations (SPDK's fn_table).
-pub trait BdevOps: Send + Sync + 'static {
+pub trait BdevOps: AsAny + Send + Sync + 'static {
     fn io_type_supported(&self, io_type: IoType) -> bool;
     /// Builds the calling thread's channel.
     fn create_channel(&self) -> Result<Rc<dyn BdevChannelOps>, BdevError>;
@@ -213,6 +224,13 @@ impl Bdev {
 
     pub fn io_type_supported(&self, t: IoType) -> bool {
         self.0.ops.io_type_supported(t)
+    }
+
+    /// The module's ops object, if it is a `T` (a vbdev reaching into the module below it).
+    pub fn ops_as<T: 'static>(&self) -> Option<&T> {
+        // Through `&dyn BdevOps`, so the call reaches the ops object and not the Arc around it.
+        let ops: &dyn BdevOps = &*self.0.ops;
+        ops.as_any().downcast_ref::<T>()
     }
 
     pub fn ptr_eq(&self, other: &Bdev) -> bool {

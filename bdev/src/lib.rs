@@ -18,7 +18,7 @@ mod module;
 pub mod rpc;
 mod stat;
 
-pub use bdev::{AsAnyRc, Bdev, BdevChannelOps, BdevEvent, BdevOps, BdevProps};
+pub use bdev::{AsAny, AsAnyRc, Bdev, BdevChannelOps, BdevEvent, BdevOps, BdevProps};
 pub use channel::{BdevChannel, SubmitError, SubmitResult};
 pub use desc::BdevDesc;
 pub use error::BdevError;

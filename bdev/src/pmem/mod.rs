@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use std::cell::RefCell;
 use std::path::Path;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use uuid::Uuid;
 
 pub const MODULE: &str = "pmem";
@@ -183,39 +183,15 @@ impl BdevOps for PmemOps {
         }
         Some(json!({"method": "bdev_pmem_create", "params": params}))
     }
-
-    fn destruct(&self) {
-        forget_mapping(self);
-    }
-}
-
-/// Mappings of live pmem bdevs, keyed by the address of their `PmemOps`. `BdevOps` cannot be
-/// downcast, so this is how [`pmem_of`] tells our bdevs apart from another module's namesake.
-static MAPPINGS: Mutex<Vec<(usize, Arc<dyn Pmem>)>> = Mutex::new(Vec::new());
-
-fn mappings() -> MutexGuard<'static, Vec<(usize, Arc<dyn Pmem>)>> {
-    MAPPINGS.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn ops_key(ops: *const PmemOps) -> usize {
-    ops as usize
-}
-
-fn forget_mapping(ops: *const PmemOps) {
-    let key = ops_key(ops);
-    mappings().retain(|(k, _)| *k != key);
 }
 
 /// The mapping under a pmem bdev, for a module that stacks on it and works on the memory itself.
+/// None for other modules' bdevs and for a bdev being (or already) unregistered.
 pub fn pmem_of(bdev: &Bdev) -> Option<Arc<dyn Pmem>> {
-    if bdev.module() != MODULE {
+    if bdev.is_removing() {
         return None;
     }
-    let key = Arc::as_ptr(bdev.ops()).cast::<PmemOps>() as usize;
-    mappings()
-        .iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, p)| p.clone())
+    bdev.ops_as::<PmemOps>().map(|ops| ops.0.pmem.clone())
 }
 
 /// Creates a pmem bdev over a file (`bdev_pmem_create`), creating the file when it is missing.
@@ -302,12 +278,7 @@ fn register(disk: PmemDisk) -> Result<Bdev, BdevError> {
     );
     props.uuid = Some(disk.uuid);
     props.write_cache = disk.needs_sync();
-    let pmem = disk.pmem.clone();
-    let ops = Arc::new(PmemOps(Arc::new(disk)));
-    let key = Arc::as_ptr(&ops);
-    // Published before registration: a module examining the new bdev may already ask for it.
-    mappings().push((ops_key(key), pmem));
-    Bdev::register(props, ops).inspect_err(|_| forget_mapping(key))
+    Bdev::register(props, Arc::new(PmemOps(Arc::new(disk))))
 }
 
 fn check_name(name: &str) -> Result<(), BdevError> {
