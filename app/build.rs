@@ -10,4 +10,6 @@ fn main() {
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=PCACHE_GIT_SHA={sha}");
     println!("cargo:rerun-if-changed=../.git/HEAD");
+    // A new commit on the current branch rewrites a file here, not HEAD.
+    println!("cargo:rerun-if-changed=../.git/refs/heads");
 }

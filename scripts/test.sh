@@ -18,6 +18,11 @@ cargo build --release --workspace --all-targets
 echo "== clippy"
 cargo clippy --workspace --all-targets --release -- -D warnings
 
+echo "== SPDK's client for the integration tests (tests/ drive pcache_tgt with spdk-rpc)"
+./scripts/setup-venv.sh
+# Without the client those tests skip loudly; here that is a failure instead.
+export PCACHE_REQUIRE_SPDK_RPC=1
+
 echo "== tests"
 cargo test --release --workspace -- --test-threads=2
 

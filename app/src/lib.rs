@@ -67,9 +67,14 @@ pub fn init_logging(log_flags: &[String]) {
 pub fn register_rpcs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        // build.rs records the short commit, "unknown" outside a git checkout (then none is shown).
+        let commit = match env!("PCACHE_GIT_SHA") {
+            "unknown" => "",
+            sha => sha,
+        };
         rpc::register_builtin_methods(&rpc::VersionInfo::from_cargo(
             env!("CARGO_PKG_VERSION"),
-            "pcache",
+            commit,
         ));
         bdev::rpc::register_layer_rpcs();
         bdev::malloc::rpc::register_rpcs();
@@ -79,7 +84,8 @@ pub fn register_rpcs() {
         bdev::passthru::rpc::register_rpcs();
         bdev::delay::rpc::register_rpcs();
         bdev::error_inject::rpc::register_rpcs();
-        rpc::register("spdk_kill_instance", StateMask::BOTH, kill_instance);
+        // RUNTIME only, as in SPDK: a target waiting for framework_start_init is stopped by a signal.
+        rpc::register("spdk_kill_instance", StateMask::RUNTIME, kill_instance);
         rpc::register(
             "framework_get_reactors",
             StateMask::RUNTIME,
@@ -116,24 +122,78 @@ fn kill_instance(p: KillParams, r: Responder) {
     }
 }
 
+/// SPDK's cpumask rendering: hex digits without a "0x" prefix ("1", "3").
+fn cpumask_str(core: u32) -> String {
+    CpuMask::single(core)
+        .to_hex()
+        .trim_start_matches("0x")
+        .to_owned()
+}
+
+/// The OS thread id running reactor `index`: the first reactor runs on the main thread, the
+/// others on threads named `reactor_<core>`.
+fn reactor_tid(index: usize, core: u32) -> Option<u32> {
+    if index == 0 {
+        return Some(std::process::id());
+    }
+    let name = format!("reactor_{core}");
+    std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .flatten()
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .and_then(|t| t.file_name().to_str()?.parse().ok())
+}
+
+/// (usr, sys) CPU time of an OS thread in clock ticks, as SPDK reads it from /proc.
+fn thread_cpu_times(tid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let mut fields = rest.split_whitespace().skip(11);
+    let mut next = || fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
+    (next(), next())
+}
+
+/// The NUMA node of a CPU (0 when the system does not say).
+fn numa_node(core: u32) -> u32 {
+    std::fs::read_dir(format!("/sys/devices/system/cpu/cpu{core}"))
+        .ok()
+        .and_then(|dir| {
+            dir.flatten()
+                .find_map(|e| e.file_name().to_str()?.strip_prefix("node")?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn reactors_json() -> serde_json::Value {
     let reactors: Vec<_> = poller::reactors()
         .iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(i, r)| {
+            let tid = reactor_tid(i, r.core);
+            let (usr, sys) = tid.map(thread_cpu_times).unwrap_or((0, 0));
             json!({
                 "lcore": r.core,
+                "numa_id": numa_node(r.core),
+                "tid": tid.unwrap_or(0),
                 "busy": r.busy_ticks,
                 "idle": r.idle_ticks,
                 "in_interrupt": false,
                 "irq": 0,
-                "sys": 0,
-                "usr": 0,
-                "lw_threads": r.threads.iter().map(|t| json!({
-                    "name": t.name(),
-                    "id": t.id(),
-                    "cpumask": CpuMask::single(t.core()).to_hex(),
-                    "elapsed": 0,
-                })).collect::<Vec<_>>(),
+                "sys": sys,
+                "usr": usr,
+                "lw_threads": r.threads.iter().map(|t| {
+                    let c = t.counters();
+                    json!({
+                        "name": t.name(),
+                        "id": t.id(),
+                        "cpumask": cpumask_str(t.core()),
+                        "elapsed": c.busy_ticks.load(Ordering::Relaxed)
+                            + c.idle_ticks.load(Ordering::Relaxed),
+                    })
+                }).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -148,7 +208,7 @@ fn threads_json() -> serde_json::Value {
             json!({
                 "name": t.name(),
                 "id": t.id(),
-                "cpumask": CpuMask::single(t.core()).to_hex(),
+                "cpumask": cpumask_str(t.core()),
                 "busy": c.busy_ticks.load(Ordering::Relaxed),
                 "idle": c.idle_ticks.load(Ordering::Relaxed),
                 "active_pollers_count": c.active_pollers.load(Ordering::Relaxed),

@@ -74,6 +74,9 @@ pub struct BdevProps {
     pub write_cache: bool,
     pub optimal_io_boundary: u32,
     pub split_on_optimal_io_boundary: bool,
+    /// The NUMA node reported as `numa_id` (-1: any); None when the module does not say, and
+    /// then, as in SPDK, bdev_get_bdevs leaves the field out.
+    pub numa_id: Option<i32>,
 }
 
 impl BdevProps {
@@ -95,6 +98,7 @@ impl BdevProps {
             write_cache: false,
             optimal_io_boundary: 0,
             split_on_optimal_io_boundary: false,
+            numa_id: None,
         }
     }
 }
@@ -364,20 +368,22 @@ impl Bdev {
             "preferred_unmap_alignment": 0,
             "preferred_unmap_granularity": 0,
             "uuid": self.0.uuid.to_string(),
-            "numa_id": -1,
-            "assigned_rate_limits": {
-                "rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0, "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0
-            },
-            "claimed": claim.is_some(),
         });
         if let Some(o) = v.as_object_mut() {
+            if let Some(numa) = p.numa_id {
+                o.insert("numa_id".into(), json!(numa));
+            }
+            o.insert(
+                "assigned_rate_limits".into(),
+                json!({
+                    "rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0, "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0
+                }),
+            );
+            o.insert("claimed".into(), json!(claim.is_some()));
             if claim.is_some() {
                 o.insert("claim_type".into(), json!("exclusive_write"));
             }
             o.insert("zoned".into(), json!(false));
-            if p.optimal_io_boundary != 0 {
-                o.insert("optimal_io_boundary".into(), json!(p.optimal_io_boundary));
-            }
             o.insert("write_cache".into(), json!(p.write_cache));
             o.insert("supported_io_types".into(), Value::Object(supported));
             o.insert("driver_specific".into(), self.0.ops.dump_info_json());

@@ -35,10 +35,25 @@ struct GetBdevsParams {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GetIostatParams {
+    /// SPDK's deprecated single-bdev form of `names`.
     name: Option<String>,
-    /// Accepted for SPDK's client; the answer always carries per-bdev totals.
-    #[serde(default, rename = "per_channel")]
-    _per_channel: bool,
+    names: Option<Vec<String>>,
+    /// Accepted for SPDK's client; per-channel figures are not kept, so the answer always
+    /// carries per-bdev totals.
+    #[serde(default)]
+    per_channel: bool,
+    /// Accepted for SPDK's client; statistics are never reset by reading them.
+    #[serde(default)]
+    reset_mode: Option<ResetMode>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ResetMode {
+    All,
+    Maxmin,
+    Error,
+    None,
 }
 
 #[derive(Deserialize)]
@@ -84,11 +99,32 @@ fn get_bdevs(p: GetBdevsParams, r: Responder) {
 }
 
 fn get_iostat(p: GetIostatParams, r: Responder) {
-    let bdevs = match &p.name {
-        Some(n) => match Bdev::lookup(n) {
-            Some(b) => vec![b],
-            None => return r.err(RpcError::errno(libc::ENODEV)),
-        },
+    let names = match (p.name, p.names) {
+        // As SPDK: both forms at once is -EINVAL.
+        (Some(_), Some(_)) => return r.err(RpcError::errno(libc::EINVAL)),
+        (Some(n), None) => Some(vec![n]),
+        (None, names) => names,
+    };
+    if p.per_channel && names.as_ref().is_none_or(|n| n.len() != 1) {
+        return r.err(RpcError::errno(libc::EINVAL));
+    }
+    if p.per_channel {
+        tracing::warn!("bdev_get_iostat: per-channel statistics are not kept; answering totals");
+    }
+    if p.reset_mode.is_some_and(|m| m != ResetMode::None) {
+        tracing::warn!("bdev_get_iostat: reset_mode is not supported; statistics are kept");
+    }
+    let bdevs = match names {
+        Some(names) => {
+            let mut found = Vec::with_capacity(names.len());
+            for n in &names {
+                match Bdev::lookup(n) {
+                    Some(b) => found.push(b),
+                    None => return r.err(RpcError::errno(libc::ENODEV)),
+                }
+            }
+            found
+        }
         None => Bdev::all(),
     };
     let out: Arc<Mutex<Vec<Option<Value>>>> = Arc::new(Mutex::new(vec![None; bdevs.len()]));

@@ -388,6 +388,7 @@ fn attach(p: &DelayCreateParams) -> Result<Bdev, BdevError> {
     props.uuid = Some(uuid);
     props.write_cache = base.props().write_cache;
     props.optimal_io_boundary = base.props().optimal_io_boundary;
+    props.numa_id = base.props().numa_id;
     let node = Arc::new_cyclic(|weak: &Weak<DelayNode>| {
         let weak = weak.clone();
         DelayNode {

@@ -430,6 +430,7 @@ fn attach(p: &ErrorCreateParams) -> Result<Bdev, BdevError> {
             .unwrap_or_else(|| ::uuid::Uuid::new_v5(&UUID_NAMESPACE, &seed)),
     );
     props.write_cache = base.props().write_cache;
+    props.numa_id = base.props().numa_id;
     let node = Arc::new_cyclic(|weak: &Weak<ErrorNode>| {
         let weak = weak.clone();
         ErrorNode {

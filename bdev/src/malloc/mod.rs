@@ -101,6 +101,7 @@ pub fn create(mut params: rpc::MallocCreateParams) -> Result<Bdev, BdevError> {
     props.uuid = Some(uuid);
     props.optimal_io_boundary = params.optimal_io_boundary;
     props.split_on_optimal_io_boundary = params.optimal_io_boundary != 0;
+    props.numa_id = Some(params.numa_id);
     let disk = Arc::new(MallocBdev {
         block_size: params.block_size as u64,
         params,

@@ -222,6 +222,7 @@ fn attach(c: &PassthruCreateParams) -> Result<Bdev, BdevError> {
     );
     props.write_cache = base.props().write_cache;
     props.optimal_io_boundary = base.props().optimal_io_boundary;
+    props.numa_id = base.props().numa_id;
     let node = PtNode {
         name: c.name.clone(),
         base,
