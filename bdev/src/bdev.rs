@@ -429,7 +429,7 @@ fn create_channel(weak: &Weak<BdevInner>) -> Result<ChannelInner, i32> {
     Ok(ChannelInner {
         bdev: weak.clone(),
         module_ch,
-        thread: BdevThread::get(&thread),
+        thread: BdevThread::attach_channel(&thread),
         stat: RefCell::new(IoStat::default()),
         block_size: p.block_size,
         num_blocks: p.num_blocks,

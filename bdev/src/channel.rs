@@ -27,6 +27,7 @@ pub(crate) struct ChannelInner {
 
 impl Drop for ChannelInner {
     fn drop(&mut self) {
+        self.thread.detach_channel();
         // A channel's counters outlive it in the bdev's totals.
         if let Some(b) = self.bdev.upgrade()
             && let Ok(mut total) = b.retired_stat.lock()
@@ -181,6 +182,12 @@ impl BdevChannel {
         self.ch.supported & t.bit() != 0
     }
 
+    /// The tick count the layer stamps I/O with right now (shared by a whole completion batch), so
+    /// a submitter timing its I/O can avoid reading the clock again.
+    pub fn now(&self) -> u64 {
+        self.ch.thread.now()
+    }
+
     /// This thread's counters for the bdev.
     pub fn stat(&self) -> IoStat {
         self.ch.stat.borrow().clone()
@@ -217,14 +224,17 @@ impl BdevChannel {
         d.offset_blocks = offset_blocks;
         d.num_blocks = num_blocks;
         d.flags = flags;
-        d.iovs.extend_from_slice(iovs);
+        match iovs {
+            [one] => d.iovs.push(*one),
+            _ => d.iovs.extend_from_slice(iovs),
+        }
         d.status = IoStatus::Pending;
         d.cb = Some(cb);
         d.ctx = ctx;
         d.ch = Some(ch.rc().clone());
         d.is_child = false;
         d.split_failed = None;
-        d.submit_tick = poller::time::ticks();
+        d.submit_tick = ch.thread.now();
         let io = BdevIo::from_data(d);
         if ch.split_boundary != 0
             && matches!(io_type, IoType::Read | IoType::Write)
@@ -287,7 +297,7 @@ pub(crate) fn finish(mut io: BdevIo) {
         let mut stat = ch.stat.borrow_mut();
         match status {
             IoStatus::Success => {
-                let ticks = poller::time::ticks().saturating_sub(d.submit_tick);
+                let ticks = ch.thread.now().saturating_sub(d.submit_tick);
                 stat.record(d.io_type, d.num_blocks * ch.block_size as u64, ticks);
             }
             IoStatus::Failed(e) => stat.record_error(e),
@@ -349,7 +359,7 @@ fn split_continue(mut parent: BdevIo) {
     c.cb = Some(split_child_done);
     c.ch = Some(ch.clone());
     c.is_child = true;
-    c.submit_tick = poller::time::ticks();
+    c.submit_tick = ch.thread.now();
     parent.data_mut().split_next = child_end;
     c.ctx = IoCtx::Io(parent);
     ch.module_ch.submit_request(BdevIo::from_data(c));

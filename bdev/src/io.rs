@@ -218,12 +218,16 @@ pub(crate) enum Waiter {
 
 /// Per-thread state of the bdev layer: the I/O pool, deferred completions and waiters.
 pub(crate) struct BdevThread {
-    // Boxed so handing an I/O around moves one pointer, not the whole record.
-    #[allow(clippy::vec_box)]
     pub(crate) pool: RefCell<Vec<Box<IoData>>>,
     pub(crate) completions: RefCell<VecDeque<BdevIo>>,
     pub(crate) waiters: RefCell<VecDeque<Waiter>>,
-    ready: Cell<bool>,
+    /// The clock read once for the whole completion batch being run (0 outside a batch): every
+    /// completion and every resubmit from a callback shares it instead of reading the TSC again.
+    batch_now: Cell<u64>,
+    /// Live channels on this thread; the completion poller exists only while there are some, so a
+    /// thread that stops doing I/O can exit.
+    channels: Cell<usize>,
+    poller: RefCell<Option<Poller>>,
 }
 
 impl Default for BdevThread {
@@ -232,41 +236,74 @@ impl Default for BdevThread {
             pool: RefCell::new(Vec::new()),
             completions: RefCell::new(VecDeque::new()),
             waiters: RefCell::new(VecDeque::new()),
-            ready: Cell::new(false),
+            batch_now: Cell::new(0),
+            channels: Cell::new(0),
+            poller: RefCell::new(None),
         }
     }
 }
 
 impl BdevThread {
-    /// The current thread's state; on first use its pool is filled and its poller registered.
-    pub(crate) fn get(thread: &Thread) -> Rc<BdevThread> {
+    /// The current thread's state, for a channel being created on it: the pool is filled on first
+    /// use and the completion poller registered while the thread has channels.
+    pub(crate) fn attach_channel(thread: &Thread) -> Rc<BdevThread> {
         let t = thread.local::<BdevThread>();
-        if !t.ready.replace(true) {
+        if t.pool.borrow().is_empty() && t.channels.get() == 0 {
             let size = crate::options().bdev_io_cache_size as usize;
             t.pool
                 .borrow_mut()
                 .extend((0..size).map(|_| Box::new(IoData::new())));
             t.completions.borrow_mut().reserve(size);
             t.waiters.borrow_mut().reserve(size);
+        }
+        t.channels.set(t.channels.get() + 1);
+        if t.poller.borrow().is_none() {
             let weak: Weak<BdevThread> = Rc::downgrade(&t);
-            Poller::register_on(thread, "bdev_completions", 0, move || {
+            let p = Poller::register_on(thread, "bdev_completions", 0, move || {
                 match weak.upgrade() {
                     Some(t) => t.poll(),
                     None => PollStatus::Idle,
                 }
             });
+            *t.poller.borrow_mut() = Some(p);
         }
         t
+    }
+
+    /// A channel closed; with the last one gone no I/O can be pending here (each holds its
+    /// channel), so the poller goes and leftover waiters (from gone channels) are dropped.
+    pub(crate) fn detach_channel(&self) {
+        let n = self.channels.get().saturating_sub(1);
+        self.channels.set(n);
+        if n == 0 {
+            if let Some(p) = self.poller.borrow_mut().take() {
+                p.unregister();
+            }
+            let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+            drop(waiters);
+        }
     }
 
     pub(crate) fn alloc(&self) -> Option<Box<IoData>> {
         self.pool.borrow_mut().pop()
     }
 
+    /// The tick count to stamp an I/O with: the batch's reading inside a completion batch.
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        match self.batch_now.get() {
+            0 => poller::time::ticks(),
+            t => t,
+        }
+    }
+
     /// Runs the completions queued before this call (later ones wait for the next iteration, so a
     /// resubmitting callback cannot keep this loop going forever), then wakes waiters.
     fn poll(&self) -> PollStatus {
         let n = self.completions.borrow().len();
+        if n > 0 {
+            self.batch_now.set(poller::time::ticks());
+        }
         for _ in 0..n {
             let Some(io) = self.completions.borrow_mut().pop_front() else {
                 break;
@@ -289,6 +326,7 @@ impl BdevThread {
                 Waiter::Call(f, ctx) => f(ctx),
             }
         }
+        self.batch_now.set(0);
         PollStatus::from(n > 0 || woke)
     }
 }

@@ -150,15 +150,20 @@ fn reactor_loop(
     let rt = runtime().ok_or(PollerError::NotRunning)?;
     let mut threads: Vec<Thread> = Vec::new();
     let mut idle_iters = 0u32;
-    let mut last = ticks();
+    let mut now = ticks();
     loop {
         while let Some(h) = r.spawn.pop() {
             threads.push(Thread::attach(h, group));
         }
-        let now = ticks();
+        // One clock read per thread per iteration: the end of one thread's turn starts the next.
+        let start = now;
         let mut busy = false;
         for t in &threads {
-            busy |= t.poll(now);
+            let thread_busy = t.poll(now);
+            let end = ticks();
+            t.account(thread_busy, end.saturating_sub(now));
+            busy |= thread_busy;
+            now = end;
         }
         if threads.iter().any(|t| t.exit_requested()) {
             threads.retain(|t| !t.is_exited());
@@ -166,10 +171,14 @@ fn reactor_loop(
                 hs.retain(|h| !h.has_exited());
             }
         }
-        let end = ticks();
+        if threads.is_empty() {
+            now = ticks();
+        }
         let counter = if busy { &r.busy_ticks } else { &r.idle_ticks };
-        counter.fetch_add(end.saturating_sub(last), Ordering::Relaxed);
-        last = end;
+        counter.store(
+            counter.load(Ordering::Relaxed) + now.saturating_sub(start),
+            Ordering::Relaxed,
+        );
         if rt.stop.load(Ordering::Relaxed) {
             break;
         }
@@ -184,6 +193,11 @@ fn reactor_loop(
                 std::thread::park_timeout(MAX_PARK);
             }
             r.waker.sleeping.store(false, Ordering::SeqCst);
+            // Time asleep is idle time; the next iteration starts from now.
+            let woke = ticks();
+            let idle = r.idle_ticks.load(Ordering::Relaxed) + woke.saturating_sub(now);
+            r.idle_ticks.store(idle, Ordering::Relaxed);
+            now = woke;
         }
     }
     // Threads (and their pollers and channels) are dropped here, on their own OS thread.

@@ -345,14 +345,16 @@ impl Thread {
             removed.iter().for_each(|p| p.release());
             self.publish_poller_counts();
         }
-        let spent = crate::time::ticks().saturating_sub(now);
-        let counter = if busy {
-            &inner.shared.counters.busy_ticks
-        } else {
-            &inner.shared.counters.idle_ticks
-        };
-        counter.fetch_add(spent, Ordering::Relaxed);
         busy
+    }
+
+    /// Adds an iteration's duration to the thread's busy or idle time (the reactor measures it, so
+    /// the clock is read once per thread per iteration). Only this thread writes its counters, so a
+    /// plain load and store is enough.
+    pub fn account(&self, busy: bool, ticks: u64) {
+        let c = &self.inner.shared.counters;
+        let counter = if busy { &c.busy_ticks } else { &c.idle_ticks };
+        counter.store(counter.load(Ordering::Relaxed) + ticks, Ordering::Relaxed);
     }
 
     pub(crate) fn publish_poller_counts(&self) {

@@ -89,7 +89,7 @@ pub fn create(mut params: rpc::MallocCreateParams) -> Result<Bdev, BdevError> {
         return Err(BdevError::Exists(name));
     }
     let bytes = params.num_blocks * params.block_size as u64;
-    let mem = DmaBuf::new(bytes as usize, 4096)
+    let mem = DmaBuf::new_prefaulted(bytes as usize)
         .ok_or_else(|| BdevError::io(libc::ENOMEM, format!("cannot allocate {bytes} bytes")))?;
     let mut props = BdevProps::new(
         &name,
