@@ -218,6 +218,8 @@ pub(crate) enum Waiter {
 
 /// Per-thread state of the bdev layer: the I/O pool, deferred completions and waiters.
 pub(crate) struct BdevThread {
+    // Boxed so handing an I/O around moves one pointer, not the whole record.
+    #[allow(clippy::vec_box)]
     pub(crate) pool: RefCell<Vec<Box<IoData>>>,
     pub(crate) completions: RefCell<VecDeque<BdevIo>>,
     pub(crate) waiters: RefCell<VecDeque<Waiter>>,
