@@ -1,0 +1,10 @@
+//! The pcache vbdev: a crash-safe write-back cache on persistent memory in front of an origin bdev.
+//! The on-media format is specified in docs/format.md; docs/architecture.md tells how the pieces
+//! fit. Built so far: the format (`format`), the DRAM index (`index`), segment allocation
+//! (`segments`), the lanes' key logs (`log`) and the parameters (`params`).
+
+pub mod format;
+pub mod index;
+pub mod log;
+pub mod params;
+pub mod segments;
