@@ -132,6 +132,76 @@ pub fn for_each_slice(iovs: &[IoVec], mut f: impl FnMut(&[u8])) {
     }
 }
 
+/// Calls `f` on each piece of bytes `[offset, offset + len)` of the segments, in order (a write's
+/// data going into a cache, checksummed on the way). Returns the bytes visited.
+pub fn for_each_range(
+    iovs: &[IoVec],
+    offset: usize,
+    len: usize,
+    mut f: impl FnMut(&[u8]),
+) -> usize {
+    walk_range(iovs, offset, len, |p, n| {
+        // SAFETY: a sub-range of a segment (note above); the slice lives only for the call.
+        f(unsafe { std::slice::from_raw_parts(p, n) })
+    })
+}
+
+/// Calls `f` on each piece of bytes `[offset, offset + len)` of the segments as writable slices
+/// (a read's data coming out of a cache). Returns the bytes visited.
+pub fn for_each_range_mut(
+    iovs: &[IoVec],
+    offset: usize,
+    len: usize,
+    mut f: impl FnMut(&mut [u8]),
+) -> usize {
+    walk_range(iovs, offset, len, |p, n| {
+        // SAFETY: a sub-range of a segment that is exclusively ours for the I/O (note above); the
+        // pieces are disjoint and each slice lives only for the call.
+        f(unsafe { std::slice::from_raw_parts_mut(p, n) })
+    })
+}
+
+fn walk_range(
+    iovs: &[IoVec],
+    mut offset: usize,
+    mut len: usize,
+    mut f: impl FnMut(*mut u8, usize),
+) -> usize {
+    let mut done = 0;
+    for v in iovs {
+        if len == 0 {
+            break;
+        }
+        if offset >= v.len() {
+            offset -= v.len();
+            continue;
+        }
+        let n = (v.len() - offset).min(len);
+        // The pointer stays inside the segment: offset < v.len() and n ≤ v.len() - offset.
+        f(v.base().wrapping_add(offset), n);
+        done += n;
+        len -= n;
+        offset = 0;
+    }
+    done
+}
+
+/// Writes into `out` the part of `iovs` covering bytes `[offset, offset + len)`, without
+/// allocating; the number of segments, or None when `out` is too small.
+pub fn slice_to(iovs: &[IoVec], offset: usize, len: usize, out: &mut [IoVec]) -> Option<usize> {
+    let mut n = 0;
+    let mut fits = true;
+    walk_range(iovs, offset, len, |p, l| match out.get_mut(n) {
+        Some(slot) => {
+            // SAFETY: a sub-range of a segment that is valid under the same contract.
+            *slot = unsafe { IoVec::new(p, l) };
+            n += 1;
+        }
+        None => fits = false,
+    });
+    fits.then_some(n)
+}
+
 /// Appends to `out` the part of `iovs` covering bytes `[offset, offset + len)`.
 pub fn slice_into(iovs: &[IoVec], mut offset: usize, mut len: usize, out: &mut Vec<IoVec>) {
     for v in iovs {

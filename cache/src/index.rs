@@ -11,6 +11,13 @@
 //! keeping the key's crc and length and its own distance from the key's start, so a reader can
 //! check the crc over the whole original key, which stays in pmem until GC reclaims it.
 //!
+//! ZERO entries (unmap, write-zeroes) say "these blocks read as zeroes" and have no cache data:
+//! no position, crc or key, so they may be of any length (cut per region, and within a region
+//! every `ZERO_ENTRY_MAX` blocks). A dirty one stands for a tombstone the origin has not yet
+//! received; `zero_written_back` drops it once it has (the origin then reads as zeroes too).
+//! GC's `evict` and writeback's `mark_clean` select by cache position, so they never touch
+//! ZERO entries; `fill` maps only unmapped blocks, so it never overwrites one.
+//!
 //! Versions (for read-fill): every mapping change (insert, remove_range, evict) stamps the
 //! version units it touched (slices of at most 256 blocks, `VERSION_BUCKETS` slots per shard)
 //! with the next value of its shard's clock. `range_version` returns the largest clock of the
@@ -26,9 +33,10 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use region::{Cut, CutMode, Cutting, Entry, Region, Tally};
+use region::{Cut, CutMode, Cutting, Entry, Region, Tally, zero_slice};
 
 /// Longest key, in blocks: callers split longer writes (the entry keeps the key length in 13 bits).
+/// ZERO extents may be longer (up to `u32::MAX` blocks).
 pub const MAX_KEY_BLOCKS: u32 = 8192;
 /// Largest region, in blocks (entries keep their region offset in 16 bits).
 pub const MAX_REGION_BLOCKS: u32 = 1 << 16;
@@ -127,6 +135,10 @@ impl IndexError {
 
 /// Cached data for origin blocks [lba, lba + len): block lba's data is at cache block `pos`, and
 /// the key that wrote it covers cache blocks [orig_pos, orig_pos + orig_len) with crc32c `crc`.
+///
+/// With `zero` set the blocks read as zeroes and have no cache data (an unmap or write-zeroes,
+/// dirty until its tombstone reaches the origin): `pos`, `orig_pos`, `orig_len` and `crc` mean
+/// nothing. The index ignores them on the way in and hands out 0 for them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Extent {
     pub lba: u64,
@@ -136,6 +148,7 @@ pub struct Extent {
     pub orig_len: u32,
     pub crc: u32,
     pub dirty: bool,
+    pub zero: bool,
 }
 
 impl Extent {
@@ -149,19 +162,38 @@ impl Extent {
             orig_len: len,
             crc,
             dirty,
+            zero: false,
         }
     }
 
-    /// Two extents that continue each other (same key, next blocks, next positions).
+    /// `len` blocks at origin `lba` that read as zeroes; any length up to `u32::MAX`.
+    pub fn zero(lba: u64, len: u32, dirty: bool) -> Extent {
+        Extent {
+            lba,
+            len,
+            pos: 0,
+            orig_pos: 0,
+            orig_len: 0,
+            crc: 0,
+            dirty,
+            zero: true,
+        }
+    }
+
+    /// Two extents that continue each other (same key, next blocks, next positions; or both
+    /// ZERO, next blocks).
     fn continues(&self, next: &Extent) -> bool {
         self.lba + u64::from(self.len) == next.lba
-            && self.pos + u64::from(self.len) == next.pos
-            && (self.orig_pos, self.orig_len, self.crc, self.dirty)
-                == (next.orig_pos, next.orig_len, next.crc, next.dirty)
+            && (self.zero, self.dirty) == (next.zero, next.dirty)
+            && (self.zero
+                || (self.pos + u64::from(self.len) == next.pos
+                    && (self.orig_pos, self.orig_len, self.crc)
+                        == (next.orig_pos, next.orig_len, next.crc)))
     }
 }
 
-/// Part of a looked-up range: cached (`Hit`) or not (`Miss`).
+/// Part of a looked-up range: cached (`Hit`, which for a ZERO extent means "fill with zeroes")
+/// or not (`Miss`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Piece {
     Hit(Extent),
@@ -188,11 +220,13 @@ impl Piece {
     }
 }
 
-/// Blocks an operation unmapped, by state.
+/// Blocks an operation unmapped, by state: `dirty` + `clean` are all of them, ZERO ones
+/// included; `zero` says how many of those were ZERO (had no cache data).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Displaced {
     pub dirty: u64,
     pub clean: u64,
+    pub zero: u64,
 }
 
 impl Displaced {
@@ -206,6 +240,7 @@ impl From<Cutting> for Displaced {
         Displaced {
             dirty: c.dirty,
             clean: c.clean,
+            zero: c.zero,
         }
     }
 }
@@ -213,8 +248,12 @@ impl From<Cutting> for Displaced {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IndexStats {
     pub entries: u64,
+    /// Blocks with cache data (ZERO blocks are not counted here).
     pub cached_blocks: u64,
+    /// Dirty blocks, dirty ZERO blocks included.
     pub dirty_blocks: u64,
+    /// Blocks mapped as ZERO, dirty or clean.
+    pub zero_blocks: u64,
     pub regions: u64,
     /// Estimated DRAM: shard structures, map tables, chunk directories and entries at their
     /// allocated capacity, plus `ALLOC_OVERHEAD` per heap block.
@@ -411,6 +450,17 @@ impl Index {
 
     /// Checks an extent to be mapped; returns its end block.
     fn check(&self, e: &Extent) -> Result<u64, IndexError> {
+        if e.zero {
+            if e.len == 0 {
+                return Err(IndexError::Extent("no blocks"));
+            }
+            return e
+                .lba
+                .checked_add(u64::from(e.len))
+                .ok_or(IndexError::OutOfRange(
+                    "origin range wraps past 2^64 blocks",
+                ));
+        }
         if e.len > MAX_KEY_BLOCKS || e.orig_len > MAX_KEY_BLOCKS {
             return Err(IndexError::KeyTooLong {
                 len: e.len.max(e.orig_len),
@@ -462,6 +512,10 @@ impl Index {
 
     /// Maps newer data for [e.lba, e.lba + e.len) over whatever older entries it overlaps
     /// (they are trimmed, split or removed). Returns the blocks it displaced.
+    ///
+    /// A ZERO extent (unmap, write-zeroes) replaces older entries the same way; it may be of
+    /// any length. Its blocks then read as zeroes until newer data replaces them or, when
+    /// dirty, until `zero_written_back`.
     pub fn insert(&self, e: &Extent) -> Result<Displaced, IndexError> {
         let end = self.check(e)?;
         let mut cut = Cutting::default();
@@ -472,11 +526,19 @@ impl Index {
             let shard = self.shard_of(s.region);
             let st = held.get(shard);
             let ShardState { regions, tally, .. } = &mut *st;
-            let entry = Entry::piece(e, s.base, s.a, s.b);
-            regions
-                .entry(s.region)
-                .or_default()
-                .insert(entry, tally, self.chunk_max, &mut cut);
+            let region = regions.entry(s.region).or_default();
+            if e.zero {
+                let mut x = s.a;
+                while x < s.b {
+                    let y = zero_slice(x, s.b);
+                    let entry = Entry::piece(e, s.base, x, y);
+                    region.insert(entry, tally, self.chunk_max, &mut cut);
+                    x = y;
+                }
+            } else {
+                let entry = Entry::piece(e, s.base, s.a, s.b);
+                region.insert(entry, tally, self.chunk_max, &mut cut);
+            }
             self.stamp(shard, st, s);
             cur = s.base + u64::from(s.b);
         }
@@ -487,8 +549,12 @@ impl Index {
     /// changed since `version` (from `range_version`, taken before the origin read began).
     /// Returns the blocks mapped: 0 when a write, unmap or evict got in first. A region changed
     /// while the fill itself runs is skipped, the others are filled: each region's data is
-    /// checked on its own, so a partial fill is still correct.
+    /// checked on its own, so a partial fill is still correct. Never overwrites a ZERO entry
+    /// (it is mapped); a ZERO extent cannot be filled (EINVAL: a fill carries origin data).
     pub fn fill(&self, e: &Extent, version: u64) -> Result<u32, IndexError> {
+        if e.zero {
+            return Err(IndexError::Extent("a fill carries data, not zeroes"));
+        }
         let end = self.check(e)?;
         let mut held = Held::new(self);
         let head = self.span(e.lba, end);
@@ -554,6 +620,7 @@ impl Index {
 
     /// Hands `f` the pieces covering [lba, lba + len) in order, hits and misses; marks the hit
     /// entries REFERENCED (GC's second chance). `f` runs with no lock held, so it may copy data.
+    /// A hit on a ZERO extent (`e.zero`) reads as zeroes.
     pub fn lookup(&self, lba: u64, len: u32, mut f: impl FnMut(Piece)) {
         let mut buf = [Piece::Miss { lba: 0, len: 0 }; LOOKUP_BATCH];
         let end = lba.saturating_add(u64::from(len));
@@ -595,18 +662,39 @@ impl Index {
         (o.n, (end - lba) as u32)
     }
 
-    /// Unmap / write-zeroes: drops every entry in [lba, lba + len) and invalidates fills in
-    /// flight there, cached or not. Returns the blocks dropped. When the unmap also goes to the
-    /// origin, call this again once the origin has completed it: a fill whose origin read raced
-    /// the origin's unmap then gives way too.
+    /// Drops every entry in [lba, lba + len), ZERO ones included, and invalidates fills in
+    /// flight there, cached or not: the range then reads from the origin. Returns the blocks
+    /// dropped. When an unmap also goes to the origin, call this again once the origin has
+    /// completed it: a fill whose origin read raced the origin's unmap then gives way too.
+    /// (An unmap whose tombstone is written back in sequence order inserts a ZERO extent
+    /// instead, and calls `zero_written_back` when the origin has it.)
     pub fn remove_range(&self, lba: u64, len: u32) -> Displaced {
+        self.drop_range(lba, len, CutMode::Drop).into()
+    }
+
+    /// Writeback has sent the tombstones of [lba, lba + len) to the origin, which has completed
+    /// them: the DIRTY ZERO entries there are dropped (the origin reads as zeroes now too, and
+    /// dropping saves the memory a clean ZERO entry would keep), and fills in flight there give
+    /// way, as after `remove_range`. Clean ZERO entries and entries with data are left alone.
+    /// Returns the blocks dropped.
+    ///
+    /// The range has no cache position to tell tombstones apart: a newer tombstone for the same
+    /// blocks, still dirty, is dropped too. Call it only when that is harmless (the origin,
+    /// having completed the older unmap, reads those blocks as zeroes until data newer than the
+    /// tombstone reaches it).
+    pub fn zero_written_back(&self, lba: u64, len: u32) -> u32 {
+        self.drop_range(lba, len, CutMode::ZeroDone).dirty as u32
+    }
+
+    /// Cuts [lba, lba + len) in `mode` (Drop or ZeroDone) and stamps every version unit there.
+    fn drop_range(&self, lba: u64, len: u32, mode: CutMode) -> Cutting {
         let end = lba.saturating_add(u64::from(len));
         if end == lba {
-            return Displaced::default();
+            return Cutting::default();
         }
         let regions = ((end - 1) >> self.region_shift) - (lba >> self.region_shift) + 1;
         if regions > (self.shards.len() * VERSION_BUCKETS) as u64 {
-            return self.remove_wide(lba, end);
+            return self.drop_wide(lba, end, mode);
         }
         let mut cut = Cutting::default();
         let mut held = Held::new(self);
@@ -615,17 +703,17 @@ impl Index {
             let s = self.span(cur, end);
             let shard = self.shard_of(s.region);
             let st = held.get(shard);
-            self.cut_region(st, s, CutMode::Drop, None, &mut cut, &mut |_, _, _| true);
+            self.cut_region(st, s, mode, None, &mut cut, &mut |_, _, _| true);
             // Even with nothing cached here: a fill in flight must not map old origin data.
             self.stamp(shard, st, s);
             cur = s.base + u64::from(s.b);
         }
-        cut.into()
+        cut
     }
 
-    /// remove_range over more regions than there are version slots: visits each shard once and
+    /// drop_range over more regions than there are version slots: visits each shard once and
     /// only the regions it holds.
-    fn remove_wide(&self, lba: u64, end: u64) -> Displaced {
+    fn drop_wide(&self, lba: u64, end: u64, mode: CutMode) -> Cutting {
         let (first, last) = (lba >> self.region_shift, (end - 1) >> self.region_shift);
         let mut cut = Cutting::default();
         for (i, shard) in self.shards.iter().enumerate() {
@@ -643,7 +731,7 @@ impl Index {
                     a: s.a,
                     b: s.b,
                     window: None,
-                    mode: CutMode::Drop,
+                    mode,
                 };
                 r.cut(&c, tally, self.chunk_max, &mut cut, &mut |_, _, _| true);
                 if r.is_empty() {
@@ -654,7 +742,7 @@ impl Index {
             });
             shrink_map(&mut st.regions);
         }
-        cut.into()
+        cut
     }
 
     /// GC: drops the blocks of [lba, lba + len) whose data lies in cache blocks
@@ -662,6 +750,7 @@ impl Index {
     /// had been REFERENCED goes to `referenced` with a version for `fill`, so GC can give it a
     /// second chance by copying it forward and filling it back (which fails if anything changed
     /// the range meanwhile). `referenced` runs with no lock held. Returns the blocks dropped.
+    /// ZERO entries have no cache data, so evict never drops them.
     pub fn evict(
         &self,
         lba: u64,
@@ -724,7 +813,8 @@ impl Index {
     }
 
     /// Writeback done: the dirty blocks of [lba, lba + len) whose data lies in cache blocks
-    /// [pos_start, pos_end) become clean. Returns the blocks cleaned.
+    /// [pos_start, pos_end) become clean. Returns the blocks cleaned. ZERO entries have no data
+    /// in the cache; see `zero_written_back` for them.
     pub fn mark_clean(&self, lba: u64, len: u32, pos_start: u64, pos_end: u64) -> u32 {
         let end = lba.saturating_add(u64::from(len));
         let mut cut = Cutting::default();
@@ -788,6 +878,7 @@ impl Index {
             st.entries += t.entries;
             st.cached_blocks += t.cached;
             st.dirty_blocks += t.dirty;
+            st.zero_blocks += t.zero;
             st.regions += g.regions.len() as u64;
             st.memory_bytes += shard_bytes(&g);
         }

@@ -5,6 +5,12 @@
 
 pub mod format;
 pub mod index;
+pub mod instance;
+pub mod io;
+pub mod lane;
 pub mod log;
 pub mod params;
+pub mod replay;
+pub mod rpc;
 pub mod segments;
+pub mod vbdev;

@@ -230,6 +230,23 @@ pub fn walk(
     format_id: u64,
     lane: u32,
     start: LogPos,
+    f: impl FnMut(Found) -> Result<(), FormatError>,
+) -> Result<WalkEnd, WalkError> {
+    walk_linked(pmem, layout, gens, format_id, lane, start, |_, _| Ok(()), f)
+}
+
+/// [`walk`], also calling `on_link(at, next)` for every LAST link it follows (the LAST key-set at
+/// `at` continues the log in segment `next`) before it reads `next`: with `start.seg`, these are
+/// all the segments the log passes through.
+#[allow(clippy::too_many_arguments)]
+pub fn walk_linked(
+    pmem: &dyn Pmem,
+    layout: &Layout,
+    gens: &[u32],
+    format_id: u64,
+    lane: u32,
+    start: LogPos,
+    mut on_link: impl FnMut(LogPos, u32) -> Result<(), FormatError>,
     mut f: impl FnMut(Found) -> Result<(), FormatError>,
 ) -> Result<WalkEnd, WalkError> {
     let mut pos = start;
@@ -267,6 +284,7 @@ pub fn walk(
                             reason: KsetEnd::BadMagic,
                         });
                     }
+                    on_link(pos, next)?;
                     pos = LogPos { seg: next, off: 0 };
                     seg_gen = next_gen;
                 } else {
@@ -339,12 +357,14 @@ fn check_nothing_after(
     let mut off = end.off + KSET_ALIGN as u32;
     while off < layout.segment_size() {
         let pos = LogPos { seg: end.seg, off };
-        let n = read_at(pmem, layout, pos, buf)?;
-        if let Ok(h) = KeySetHeader::decode(&buf[..KSET_HEADER.min(n)])
+        // The header alone first: the rest is read only for a candidate (a 64th of the bytes).
+        let n = read_at(pmem, layout, pos, &mut buf[..KSET_HEADER])?;
+        if let Ok(h) = KeySetHeader::decode(&buf[..n])
             && h.lane == lane
             && h.seg_gen == seg_gen
             && h.lane_seq > expected_seq
         {
+            let n = read_at(pmem, layout, pos, buf)?;
             let expect = KsetId {
                 format_id,
                 lane,

@@ -189,6 +189,19 @@ fn bad_seg(seg: u32) -> FormatError {
     FormatError::corrupt("segment number", format!("segment {seg} is out of range"))
 }
 
+/// The index addresses cached data by cache block: blocks counted from the start of segment 0.
+pub fn cache_pos(layout: &Layout, seg: u32, data_off: u32) -> u64 {
+    (u64::from(seg) * u64::from(layout.segment_size()) + u64::from(data_off))
+        / u64::from(layout.block_size())
+}
+
+/// Where cache block `pos` lives: (segment, byte offset in it).
+pub fn pos_location(layout: &Layout, pos: u64) -> (u32, u32) {
+    let bytes = pos * u64::from(layout.block_size());
+    let seg_size = u64::from(layout.segment_size());
+    ((bytes / seg_size) as u32, (bytes % seg_size) as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,8 +87,33 @@ fn a_dense_region_of_4k_keys_fits_the_budget() {
     assert!(per_block <= BUDGET, "{per_block:.2} bytes per block");
 }
 
-/// What a thread expects of its own blocks: cache position and dirtiness.
-type Owned = BTreeMap<u64, (u64, bool)>;
+#[test]
+fn a_huge_unmap_costs_an_entry_per_region() {
+    // 16 TiB of 4 KiB blocks unmapped at once: one ZERO entry per 64 MiB region.
+    let idx = Index::new(IndexConfig::new(4096)).unwrap();
+    let d = idx.insert(&Extent::zero(0, u32::MAX, true)).unwrap();
+    assert_eq!(d.total(), 0);
+    let s = idx.stats();
+    assert_eq!(
+        (s.zero_blocks, s.dirty_blocks),
+        (u64::from(u32::MAX), u64::from(u32::MAX))
+    );
+    assert_eq!(s.entries, s.regions);
+    let per_region = s.memory_bytes as f64 / s.regions as f64;
+    println!("huge unmap: {per_region:.1} bytes per region, {s:?}");
+    assert!(per_region <= 200.0, "{per_region:.1} bytes per region");
+    let mut pieces = Vec::new();
+    idx.lookup(0, u32::MAX, |p| pieces.push(p));
+    assert_eq!(pieces, [Piece::Hit(Extent::zero(0, u32::MAX, true))]);
+    // Data written since splits it; writeback of the tombstone leaves only the data.
+    idx.insert(&Extent::key(1 << 30, 8, 0, 1, true)).unwrap();
+    assert_eq!(idx.zero_written_back(0, u32::MAX), u32::MAX - 8);
+    let s = idx.stats();
+    assert_eq!((s.entries, s.cached_blocks, s.zero_blocks), (1, 8, 0));
+}
+
+/// What a thread expects of its own blocks: cache position (None: ZERO) and dirtiness.
+type Owned = BTreeMap<u64, (Option<u64>, bool)>;
 
 const THREADS: u64 = 4;
 /// Thread t owns the 16-block stripes s with s % THREADS == t: threads share regions and
@@ -113,7 +138,8 @@ fn expect_own(idx: &Index, own: &Owned, lba: u64, len: u32) {
         assert_eq!(p.lba(), at);
         for i in 0..u64::from(p.len()) {
             let got = match p {
-                Piece::Hit(e) => Some((e.pos + i, e.dirty)),
+                Piece::Hit(e) if e.zero => Some((None, e.dirty)),
+                Piece::Hit(e) => Some((Some(e.pos + i), e.dirty)),
                 Piece::Miss { .. } => None,
             };
             assert_eq!(got, own.get(&(at + i)).copied(), "block {}", at + i);
@@ -134,15 +160,40 @@ fn worker(idx: &Index, t: u64, ops: usize) -> Owned {
         let lba = stripe * STRIPE + off;
         let len = 1 + rng.below(STRIPE - off) as u32;
         let blocks = lba..lba + u64::from(len);
-        match rng.below(8) {
+        match rng.below(10) {
             0..=2 => {
                 let dirty = rng.below(2) == 0;
                 idx.insert(&Extent::key(lba, len, next_pos, 7, dirty))
                     .unwrap();
                 for (i, b) in blocks.enumerate() {
-                    own.insert(b, (next_pos + i as u64, dirty));
+                    own.insert(b, (Some(next_pos + i as u64), dirty));
                 }
                 next_pos += u64::from(len);
+            }
+            8 => {
+                let dirty = rng.below(4) != 0;
+                let d = idx.insert(&Extent::zero(lba, len, dirty)).unwrap();
+                let zero = blocks
+                    .clone()
+                    .filter(|b| matches!(own.get(b), Some((None, _))))
+                    .count() as u64;
+                let old = blocks
+                    .clone()
+                    .filter_map(|b| own.insert(b, (None, dirty)))
+                    .count() as u64;
+                assert_eq!((d.total(), d.zero), (old, zero));
+            }
+            9 => {
+                let dropped = idx.zero_written_back(lba, len);
+                let gone: Vec<u64> = own
+                    .range(blocks)
+                    .filter(|(_, (p, dirty))| p.is_none() && *dirty)
+                    .map(|(&b, _)| b)
+                    .collect();
+                gone.iter().for_each(|b| {
+                    own.remove(b);
+                });
+                assert_eq!(dropped as usize, gone.len());
             }
             3 => {
                 let d = idx.remove_range(lba, len);
@@ -160,7 +211,7 @@ fn worker(idx: &Index, t: u64, ops: usize) -> Owned {
                 assert!(filled == 0 || filled == gaps, "filled {filled} of {gaps}");
                 if filled > 0 {
                     for (i, b) in blocks.enumerate() {
-                        own.entry(b).or_insert((next_pos + i as u64, false));
+                        own.entry(b).or_insert((Some(next_pos + i as u64), false));
                     }
                 }
                 next_pos += u64::from(len);
@@ -168,9 +219,11 @@ fn worker(idx: &Index, t: u64, ops: usize) -> Owned {
             5 => {
                 let cleaned = idx.mark_clean(lba, len, t << 28, (t + 1) << 28);
                 let mut want = 0;
-                for (_, (_, dirty)) in own.range_mut(blocks) {
-                    want += u32::from(*dirty);
-                    *dirty = false;
+                for (_, (pos, dirty)) in own.range_mut(blocks) {
+                    if pos.is_some() {
+                        want += u32::from(*dirty);
+                        *dirty = false;
+                    }
                 }
                 assert_eq!(cleaned, want);
             }
@@ -180,7 +233,7 @@ fn worker(idx: &Index, t: u64, ops: usize) -> Owned {
                 let dropped = idx.evict(lba, len, t << 28, cut, |_, _| {});
                 let gone: Vec<u64> = own
                     .range(blocks)
-                    .filter(|(_, (p, _))| *p < cut)
+                    .filter(|(_, (p, _))| p.is_some_and(|p| p < cut))
                     .map(|(&b, _)| b)
                     .collect();
                 gone.iter().for_each(|b| {
@@ -192,7 +245,7 @@ fn worker(idx: &Index, t: u64, ops: usize) -> Owned {
         }
         // The shared range: overlapping writers, unmaps and a GC that refills from its callback.
         let s = SHARED + rng.below(u64::from(SHARED_LEN) - 8);
-        match rng.below(4) {
+        match rng.below(6) {
             0 => {
                 idx.insert(&Extent::key(s, 8, next_pos, 1, rng.below(2) == 0))
                     .unwrap();
@@ -200,6 +253,12 @@ fn worker(idx: &Index, t: u64, ops: usize) -> Owned {
             }
             1 => {
                 idx.remove_range(s, 3);
+            }
+            4 => {
+                idx.insert(&Extent::zero(s, 5, true)).unwrap();
+            }
+            5 => {
+                idx.zero_written_back(s, 8);
             }
             2 => {
                 idx.evict(s, 8, 0, u64::MAX, |e, v| {
@@ -247,22 +306,29 @@ fn threads_on_shared_regions_keep_their_own_blocks_exact() {
     }
     let mut cached: u64 = 0;
     let mut dirty: u64 = 0;
+    let mut zero: u64 = 0;
     for (t, own) in &owned {
         for s in (*t..STRIPES).step_by(THREADS as usize) {
             expect_own(&idx, own, s * STRIPE, STRIPE as u32);
         }
-        cached += own.len() as u64;
+        cached += own.values().filter(|(p, _)| p.is_some()).count() as u64;
         dirty += own.values().filter(|(_, d)| *d).count() as u64;
+        zero += own.values().filter(|(p, _)| p.is_none()).count() as u64;
     }
     // Whatever the shared range ended with counts too.
     idx.lookup(SHARED, SHARED_LEN, |p| {
         if let Piece::Hit(e) = p {
-            cached += u64::from(e.len);
-            dirty += if e.dirty { u64::from(e.len) } else { 0 };
+            let n = u64::from(e.len);
+            *if e.zero { &mut zero } else { &mut cached } += n;
+            dirty += if e.dirty { n } else { 0 };
         }
     });
     let s = idx.stats();
-    assert_eq!((s.cached_blocks, s.dirty_blocks), (cached, dirty), "{s:?}");
+    assert_eq!(
+        (s.cached_blocks, s.dirty_blocks, s.zero_blocks),
+        (cached, dirty, zero),
+        "{s:?}"
+    );
 }
 
 #[test]

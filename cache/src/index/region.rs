@@ -10,29 +10,47 @@ use super::{Extent, Out, Piece};
 /// `Entry::olf` holds the original key's length − 1 in its low 13 bits and these flags above.
 pub(super) const DIRTY: u16 = 1 << 13;
 pub(super) const REFERENCED: u16 = 1 << 14;
+/// The blocks read as zeroes and have no cache data: `pos`, `crc`, `head_skip` and the length
+/// bits of `olf` are 0, and the entry is never REFERENCED (GC has nothing of it to move).
+pub(super) const ZERO: u16 = 1 << 15;
 const ORIG_LEN_MASK: u16 = (1 << 13) - 1;
+/// Longest ZERO entry, in blocks (`len` is 16 bits): longer zero runs in a region become one
+/// entry per `ZERO_ENTRY_MAX`-aligned slice of region offsets.
+pub(super) const ZERO_ENTRY_MAX: u32 = 1 << 15;
 
-/// One run of cached blocks inside a region, 16 bytes.
+/// One run of cached (or zeroed) blocks inside a region, 16 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Entry {
     /// First block, as an offset in the region.
     pub(super) off: u16,
-    /// Length in blocks (at most 8192, the longest key).
+    /// Length in blocks (at most 8192, the longest key; `ZERO_ENTRY_MAX` for ZERO entries).
     pub(super) len: u16,
-    /// Cache position of the first block, in blocks.
+    /// Cache position of the first block, in blocks (0 for ZERO entries).
     pub(super) pos: u32,
-    /// crc32c of the original key's whole data.
+    /// crc32c of the original key's whole data (0 for ZERO entries).
     pub(super) crc: u32,
-    /// Blocks between the original key's first block and this entry's first block.
+    /// Blocks between the original key's first block and this entry's first block (0 for
+    /// ZERO entries).
     pub(super) head_skip: u16,
-    /// Original key length − 1 (13 bits), DIRTY, REFERENCED.
+    /// Original key length − 1 (13 bits; 0 for ZERO entries), DIRTY, REFERENCED, ZERO.
     pub(super) olf: u16,
 }
 
 impl Entry {
     /// The part of `e` at region offsets [x, y) of a region starting at origin block `base`.
-    /// `e` has been validated: every number fits its field.
+    /// `e` has been validated: every number fits its field, and for a ZERO extent
+    /// y − x ≤ `ZERO_ENTRY_MAX` (see `zero_slice`).
     pub(super) fn piece(e: &Extent, base: u64, x: u32, y: u32) -> Entry {
+        if e.zero {
+            return Entry {
+                off: x as u16,
+                len: (y - x) as u16,
+                pos: 0,
+                crc: 0,
+                head_skip: 0,
+                olf: if e.dirty { ZERO | DIRTY } else { ZERO },
+            };
+        }
         let lba = base + u64::from(x);
         let pos = e.pos + (lba - e.lba);
         let mut olf = (e.orig_len - 1) as u16;
@@ -65,6 +83,10 @@ impl Entry {
         self.olf & REFERENCED != 0
     }
 
+    pub(super) fn zero(&self) -> bool {
+        self.olf & ZERO != 0
+    }
+
     pub(super) fn orig_len(&self) -> u32 {
         u32::from(self.olf & ORIG_LEN_MASK) + 1
     }
@@ -77,8 +99,10 @@ impl Entry {
     fn skip(mut self, k: u32) -> Entry {
         self.off += k as u16;
         self.len -= k as u16;
-        self.pos += k;
-        self.head_skip += k as u16;
+        if !self.zero() {
+            self.pos += k;
+            self.head_skip += k as u16;
+        }
         self
     }
 
@@ -90,6 +114,9 @@ impl Entry {
 
     /// Region offsets [x, y) of this entry, in a region starting at `base`, as an extent.
     pub(super) fn extent(&self, base: u64, x: u32, y: u32) -> Extent {
+        if self.zero() {
+            return Extent::zero(base + u64::from(x), y - x, self.dirty());
+        }
         Extent {
             lba: base + u64::from(x),
             len: y - x,
@@ -98,22 +125,60 @@ impl Entry {
             orig_len: self.orig_len(),
             crc: self.crc,
             dirty: self.dirty(),
+            zero: false,
         }
     }
+}
+
+/// The end of the ZERO entry that starts at region offset `x` of a zero run ending at `y`:
+/// entries are cut at multiples of `ZERO_ENTRY_MAX`, so the same run always gets the same
+/// entries (and a repeated unmap replaces them in place).
+pub(super) fn zero_slice(x: u32, y: u32) -> u32 {
+    y.min((x / ZERO_ENTRY_MAX + 1) * ZERO_ENTRY_MAX)
 }
 
 /// A shard's content and heap use, kept true by every change.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct Tally {
     pub(super) entries: u64,
+    /// Blocks with cache data (not ZERO).
     pub(super) cached: u64,
+    /// Dirty blocks, ZERO ones included.
     pub(super) dirty: u64,
+    /// ZERO blocks.
+    pub(super) zero: u64,
     /// Entry slots allocated: the sum of chunk capacities.
     pub(super) entry_slots: u64,
     /// Chunk headers allocated: the sum of region directory capacities.
     pub(super) chunk_slots: u64,
     /// Heap blocks owned by regions (each costs the allocator a header).
     pub(super) allocs: u64,
+}
+
+impl Tally {
+    /// Counts `n` blocks of `e` in.
+    fn add(&mut self, e: &Entry, n: u64) {
+        if e.zero() {
+            self.zero += n;
+        } else {
+            self.cached += n;
+        }
+        if e.dirty() {
+            self.dirty += n;
+        }
+    }
+
+    /// Counts `n` blocks of `e` out.
+    fn sub(&mut self, e: &Entry, n: u64) {
+        if e.zero() {
+            self.zero -= n;
+        } else {
+            self.cached -= n;
+        }
+        if e.dirty() {
+            self.dirty -= n;
+        }
+    }
 }
 
 /// Sets `v`'s capacity to `cap` (at least its length) and records the change in `slots`/`allocs`.
@@ -231,11 +296,14 @@ impl Chunk {
 pub(super) enum CutMode {
     /// Unmap them.
     Drop,
-    /// Clear their DIRTY flag (only dirty entries are selected).
+    /// Clear their DIRTY flag (only dirty entries with cache data are selected).
     Clean,
+    /// Unmap them, selecting only dirty ZERO entries (their tombstone reached the origin).
+    ZeroDone,
 }
 
-/// Region offsets [a, b), optionally only the blocks whose cache position is in `window`.
+/// Region offsets [a, b), optionally only the blocks whose cache position is in `window`
+/// (a window never selects ZERO entries: they have no cache position).
 pub(super) struct Cut {
     pub(super) a: u32,
     pub(super) b: u32,
@@ -243,16 +311,23 @@ pub(super) struct Cut {
     pub(super) mode: CutMode,
 }
 
-/// Blocks a cut dropped (dirty, clean) or, in Clean mode, cleaned (counted in `dirty`).
+/// Blocks a cut dropped (dirty, clean; `zero` of them ZERO) or, in Clean mode, cleaned
+/// (counted in `dirty`).
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Cutting {
     pub(super) dirty: u64,
     pub(super) clean: u64,
+    pub(super) zero: u64,
 }
 
 /// The offsets [x, y) of `e` that the cut selects, if any.
 fn select(e: &Entry, cut: &Cut) -> Option<(u32, u32)> {
-    if cut.mode == CutMode::Clean && !e.dirty() {
+    let wanted = match cut.mode {
+        CutMode::Drop => !e.zero() || cut.window.is_none(),
+        CutMode::Clean => e.dirty() && !e.zero(),
+        CutMode::ZeroDone => e.dirty() && e.zero(),
+    };
+    if !wanted {
         return None;
     }
     let mut x = cut.a.max(e.start());
@@ -298,14 +373,16 @@ where
         let n = u64::from(y - x);
         let s = e.start();
         match cut.mode {
-            CutMode::Drop => {
+            CutMode::Drop | CutMode::ZeroDone => {
                 if e.dirty() {
                     out.dirty += n;
-                    t.dirty -= n;
                 } else {
                     out.clean += n;
                 }
-                t.cached -= n;
+                if e.zero() {
+                    out.zero += n;
+                }
+                t.sub(&e, n);
                 let room = !e.referenced() || sink(&e, x, y);
                 if x == s && y == e.end() {
                     run.get_or_insert(i);
@@ -397,10 +474,7 @@ impl Region {
         for c in &chunks {
             t.entries -= c.v.len() as u64;
             for e in &c.v {
-                t.cached -= u64::from(e.len);
-                if e.dirty() {
-                    t.dirty -= u64::from(e.len);
-                }
+                t.sub(e, u64::from(e.len));
             }
         }
         for c in &chunks {
@@ -423,13 +497,14 @@ impl Region {
                 let n = u64::from(e.len);
                 if old.dirty() {
                     d.dirty += n;
-                    t.dirty -= n;
                 } else {
                     d.clean += n;
                 }
-                if e.dirty() {
-                    t.dirty += n;
+                if old.zero() {
+                    d.zero += n;
                 }
+                t.sub(old, n);
+                t.add(&e, n);
                 *old = e;
                 return;
             }
@@ -476,10 +551,7 @@ impl Region {
     /// Adds `e`, which overlaps no entry.
     fn put(&mut self, e: Entry, t: &mut Tally, chunk_max: usize) {
         t.entries += 1;
-        t.cached += u64::from(e.len);
-        if e.dirty() {
-            t.dirty += u64::from(e.len);
-        }
+        t.add(&e, u64::from(e.len));
         if self.chunks.is_empty() {
             let mut v = Vec::new();
             set_cap(&mut v, 1, &mut t.entry_slots, &mut t.allocs);
@@ -541,8 +613,8 @@ impl Region {
         ch.v.get(i).map(|e| (e.start(), e.end()))
     }
 
-    /// Pieces of offsets [a, b) into `out`, marking the hit entries REFERENCED. Returns the
-    /// offset where it stopped when `out` filled up.
+    /// Pieces of offsets [a, b) into `out`, marking the hit entries with cache data REFERENCED.
+    /// Returns the offset where it stopped when `out` filled up.
     pub(super) fn lookup(&mut self, base: u64, a: u32, b: u32, out: &mut Out) -> Option<u32> {
         let mut c = a;
         let mut ci = self.chunk_past(a);
@@ -571,7 +643,7 @@ impl Region {
                 return Some(c);
             }
             // Repeat hits leave the line clean.
-            if !e.referenced() {
+            if !e.referenced() && !e.zero() {
                 e.olf |= REFERENCED;
             }
             c = y;
@@ -677,17 +749,21 @@ impl Region {
                         "entry {e:?} out of order or bounds (prev end {prev_end})"
                     ));
                 }
-                if u32::from(e.head_skip) + u32::from(e.len) > e.orig_len()
+                if e.zero() {
+                    if (e.pos, e.crc, e.head_skip) != (0, 0, 0)
+                        || e.olf & (ORIG_LEN_MASK | REFERENCED) != 0
+                        || u32::from(e.len) > ZERO_ENTRY_MAX
+                    {
+                        return Err(format!("ZERO entry {e:?} not canonical"));
+                    }
+                } else if u32::from(e.head_skip) + u32::from(e.len) > e.orig_len()
                     || e.pos < u32::from(e.head_skip)
                 {
                     return Err(format!("entry {e:?} outside its key"));
                 }
                 prev_end = e.end();
                 t.entries += 1;
-                t.cached += u64::from(e.len);
-                if e.dirty() {
-                    t.dirty += u64::from(e.len);
-                }
+                t.add(e, u64::from(e.len));
             }
         }
         Ok(())

@@ -2,7 +2,8 @@
 //!
 //! Regions are tiny (1–16 blocks) and chunks hold 2–4 entries, so keys are cut at region
 //! boundaries and chunks split and merge all the time. After every step the structure is
-//! checked (order, bounds, chunk sizes, tallies against a recount) and so are the stats.
+//! checked (order, bounds, chunk sizes, tallies against a recount) and so are the stats. A
+//! block is unmapped, mapped to cache data, or ZERO (reads as zeroes, no cache data).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -33,14 +34,24 @@ impl Index {
     }
 }
 
-/// What the model knows of one cached block.
+/// What the model knows of one mapped block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Block {
-    pos: u64,
-    orig_pos: u64,
-    orig_len: u32,
-    crc: u32,
+    kind: Kind,
     dirty: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Cached data at cache block `pos`, from the key at [orig_pos, orig_pos + orig_len).
+    Data {
+        pos: u64,
+        orig_pos: u64,
+        orig_len: u32,
+        crc: u32,
+    },
+    /// Reads as zeroes; no cache data.
+    Zero,
 }
 
 struct Model {
@@ -79,6 +90,21 @@ impl Model {
         })
     }
 
+    /// Stamps what `drop_range` stamps: the range's units, or every slot of every shard when
+    /// the range spans more regions than there are version slots.
+    fn stamp_drop(&mut self, idx: &Index, lba: u64, end: u64, time: u64) {
+        let regions = ((end - 1) >> idx.region_shift) - (lba >> idx.region_shift) + 1;
+        if regions > (idx.shards.len() * VERSION_BUCKETS) as u64 {
+            for shard in 0..idx.shards.len() {
+                for b in 0..VERSION_BUCKETS as u64 {
+                    self.stamps.insert((shard, b), time);
+                }
+            }
+        } else {
+            self.stamp(idx, lba, end, time);
+        }
+    }
+
     fn drop_block(&mut self, b: u64, d: &mut Displaced) {
         if let Some(old) = self.blocks.remove(&b) {
             self.seen.remove(&b);
@@ -87,15 +113,25 @@ impl Model {
             } else {
                 d.clean += 1;
             }
+            if old.kind == Kind::Zero {
+                d.zero += 1;
+            }
         }
     }
 
     fn block_of(e: &Extent, i: u64) -> Block {
+        let kind = if e.zero {
+            Kind::Zero
+        } else {
+            Kind::Data {
+                pos: e.pos + i,
+                orig_pos: e.orig_pos,
+                orig_len: e.orig_len,
+                crc: e.crc,
+            }
+        };
         Block {
-            pos: e.pos + i,
-            orig_pos: e.orig_pos,
-            orig_len: e.orig_len,
-            crc: e.crc,
+            kind,
             dirty: e.dirty,
         }
     }
@@ -124,8 +160,13 @@ impl Model {
         }
     }
 
+    /// Whether a windowed cut (evict, mark_clean) selects `b`: never a ZERO block.
     fn in_window(b: &Block, lo: u64, hi: u64) -> bool {
-        (lo..hi).contains(&b.pos)
+        matches!(b.kind, Kind::Data { pos, .. } if (lo..hi).contains(&pos))
+    }
+
+    fn count(&self, f: impl Fn(&Block) -> bool) -> u64 {
+        self.blocks.values().filter(|b| f(b)).count() as u64
     }
 
     fn regions(&self, shift: u32) -> u64 {
@@ -160,6 +201,17 @@ enum Op {
         tail: u32,
         crc: u32,
         dirty: bool,
+    },
+    Zero {
+        lba: u64,
+        len: u32,
+        dirty: bool,
+        /// Put in the fields a ZERO extent ignores.
+        noise: u64,
+    },
+    ZeroDone {
+        lba: u64,
+        len: u32,
     },
     Remove {
         lba: u64,
@@ -197,6 +249,12 @@ fn lba() -> impl Strategy<Value = u64> {
     prop_oneof![9 => 0u64..96, 1 => (0u64..48).prop_map(|k| u64::MAX - k)]
 }
 
+/// Lengths of unmaps: mostly small, sometimes longer than a key, rarely huge (more regions
+/// than version slots: the wide path).
+fn unmap_len(min: u32) -> impl Strategy<Value = u32> {
+    prop_oneof![12 => min..30u32, 2 => 8000u32..9000, 1 => Just(u32::MAX)]
+}
+
 fn window() -> impl Strategy<Value = (u64, u64)> {
     prop_oneof![1 => Just((0, u64::MAX)), 3 => (0u64..420, 0u64..80).prop_map(|(lo, n)| (lo, lo + n))]
 }
@@ -208,12 +266,15 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0usize..4, lba(), 1u32..24).prop_map(|(slot, lba, len)| Op::Snapshot { slot, lba, len }),
         3 => (0usize..4, 0u64..400, 0u32..4, 0u32..4, any::<u32>(), any::<bool>())
             .prop_map(|(slot, pos, head, tail, crc, dirty)| Op::Fill { slot, pos, head, tail, crc, dirty }),
-        2 => (lba(), 0u32..30).prop_map(|(lba, len)| Op::Remove { lba, len }),
+        2 => (lba(), unmap_len(0)).prop_map(|(lba, len)| Op::Remove { lba, len }),
+        3 => (lba(), unmap_len(1), any::<bool>(), any::<u64>())
+            .prop_map(|(lba, len, dirty, noise)| Op::Zero { lba, len: len.min(9000), dirty, noise }),
+        2 => (lba(), unmap_len(0)).prop_map(|(lba, len)| Op::ZeroDone { lba, len }),
         3 => (lba(), 0u32..40, window()).prop_map(|(lba, len, (lo, hi))| Op::Evict { lba, len, lo, hi }),
         2 => (lba(), 0u32..40, window()).prop_map(|(lba, len, (lo, hi))| Op::Clean { lba, len, lo, hi }),
         4 => (lba(), 0u32..40, 0usize..4).prop_map(|(lba, len, buf)| Op::Lookup { lba, len, buf }),
         1 => (0u64..400).prop_map(|pos| Op::GcRefill { pos }),
-        1 => (0u8..6, lba()).prop_map(|(kind, lba)| Op::Bad { kind, lba }),
+        1 => (0u8..9, lba()).prop_map(|(kind, lba)| Op::Bad { kind, lba }),
     ]
 }
 
@@ -229,6 +290,7 @@ fn extent(lba: u64, len: u32, pos: u64, head: u32, tail: u32, crc: u32, dirty: b
         orig_len: len + head as u32 + tail,
         crc,
         dirty,
+        zero: false,
     }
 }
 
@@ -239,6 +301,12 @@ fn tile(pieces: &[Piece], lba: u64, len: u32) -> Result<Vec<(u64, Option<Block>)
     for (k, p) in pieces.iter().enumerate() {
         if p.lba() != at || p.is_empty() {
             return Err(format!("piece {k} {p:?} does not continue at {at}"));
+        }
+        if let Piece::Hit(e) = p
+            && e.zero
+            && (e.pos, e.orig_pos, e.orig_len, e.crc) != (0, 0, 0, 0)
+        {
+            return Err(format!("ZERO piece {k} {p:?} not canonical"));
         }
         if let Some(prev) = k.checked_sub(1).map(|i| &pieces[i]) {
             let mergeable = match (prev, p) {
@@ -338,13 +406,67 @@ impl Case {
                     m.fill(&e);
                 }
             }
+            Op::Zero {
+                lba,
+                len,
+                dirty,
+                noise,
+            } => {
+                let e = Extent {
+                    pos: noise,
+                    orig_pos: noise >> 7,
+                    orig_len: noise as u32,
+                    crc: (noise >> 32) as u32,
+                    ..Extent::zero(lba, len, dirty)
+                };
+                match idx.insert(&e) {
+                    Ok(d) => {
+                        m.stamp(idx, lba, lba + u64::from(len), time);
+                        let want = m.insert(&e);
+                        if d != want {
+                            return Err(format!("zero {e:?} displaced {d:?}, model {want:?}"));
+                        }
+                    }
+                    Err(err) if lba.checked_add(u64::from(len)).is_none() => {
+                        if err.errno() != libc::EINVAL {
+                            return Err(format!("wrapping zero gave {err:?}"));
+                        }
+                    }
+                    Err(err) => return Err(format!("zero {e:?} failed: {err}")),
+                }
+            }
+            Op::ZeroDone { lba, len } => {
+                let got = idx.zero_written_back(lba, len);
+                let end = lba.saturating_add(u64::from(len));
+                let mut want = 0;
+                if end > lba {
+                    m.stamp_drop(idx, lba, end, time);
+                    let done: Vec<u64> = m
+                        .blocks
+                        .range(lba..end)
+                        .filter(|(_, b)| b.kind == Kind::Zero && b.dirty)
+                        .map(|(&k, _)| k)
+                        .collect();
+                    for b in done {
+                        m.blocks.remove(&b);
+                        m.seen.remove(&b);
+                        want += 1;
+                    }
+                }
+                if got != want {
+                    return Err(format!(
+                        "zero_written_back {lba}+{len} dropped {got}, model {want}"
+                    ));
+                }
+            }
             Op::Remove { lba, len } => {
                 let d = idx.remove_range(lba, len);
                 let end = lba.saturating_add(u64::from(len));
                 let mut want = Displaced::default();
                 if end > lba {
-                    m.stamp(idx, lba, end, time);
-                    (lba..end).for_each(|b| m.drop_block(b, &mut want));
+                    m.stamp_drop(idx, lba, end, time);
+                    let gone: Vec<u64> = m.blocks.range(lba..end).map(|(&k, _)| k).collect();
+                    gone.into_iter().for_each(|b| m.drop_block(b, &mut want));
                 }
                 if d != want {
                     return Err(format!("remove {lba}+{len} dropped {d:?}, model {want:?}"));
@@ -513,11 +635,18 @@ impl Case {
                         ..Extent::key(lba, 4, 9, 0, true)
                     }
                     .with_orig_pos(8),
-                    _ => Extent::key(lba, 4, MAX_CACHE_BLOCKS - 2, 0, true),
+                    5 => Extent::key(lba, 4, MAX_CACHE_BLOCKS - 2, 0, true),
+                    6 => Extent::zero(lba, 0, true),
+                    7 => Extent::zero(u64::MAX - lba % 4, 8, false),
+                    // A valid unmap, but a fill carries data.
+                    _ => Extent::zero(lba, 4, false),
                 };
                 let before = idx.stats();
                 let version = idx.range_version(lba, 4);
-                let errs = [idx.insert(&e).err(), idx.fill(&e, version).err()];
+                let mut errs = vec![idx.fill(&e, version).err()];
+                if kind < 8 {
+                    errs.push(idx.insert(&e).err());
+                }
                 for err in errs {
                     match err {
                         Some(err) if err.errno() == libc::EINVAL => {}
@@ -535,18 +664,20 @@ impl Case {
     fn check(&self) -> Result<(), String> {
         self.idx.check_invariants()?;
         let s = self.idx.stats();
-        let dirty = self.m.blocks.values().filter(|b| b.dirty).count() as u64;
+        let m = &self.m;
         let want = (
-            self.m.blocks.len() as u64,
-            dirty,
-            self.m.regions(self.idx.region_shift),
+            m.count(|b| b.kind != Kind::Zero),
+            m.count(|b| b.dirty),
+            m.count(|b| b.kind == Kind::Zero),
+            m.regions(self.idx.region_shift),
         );
-        if (s.cached_blocks, s.dirty_blocks, s.regions) != want {
+        if (s.cached_blocks, s.dirty_blocks, s.zero_blocks, s.regions) != want {
             return Err(format!(
-                "stats {s:?}, model (cached, dirty, regions) {want:?}"
+                "stats {s:?}, model (cached, dirty, zero, regions) {want:?}"
             ));
         }
-        if s.entries > s.cached_blocks || (s.cached_blocks > 0 && s.entries == 0) {
+        let mapped = s.cached_blocks + s.zero_blocks;
+        if s.entries > mapped || (mapped > 0 && s.entries == 0) {
             return Err(format!("stats {s:?}: impossible entry count"));
         }
         Ok(())
@@ -720,7 +851,14 @@ fn fill_gives_way_to_changes_made_after_its_version() {
     idx.insert(&Extent::key(40, 1, 0, 0, true)).unwrap(); // elsewhere: no effect
     assert_eq!(idx.fill(&Extent::key(0, 16, 100, 0, false), v).unwrap(), 16);
     let v = idx.range_version(0, 16);
-    assert_eq!(idx.remove_range(9, 1), Displaced { dirty: 0, clean: 1 });
+    assert_eq!(
+        idx.remove_range(9, 1),
+        Displaced {
+            dirty: 0,
+            clean: 1,
+            zero: 0
+        }
+    );
     assert_eq!(idx.fill(&Extent::key(0, 16, 200, 0, false), v).unwrap(), 0);
     // Only unmapped blocks are filled.
     let v = idx.range_version(0, 16);
@@ -830,4 +968,216 @@ fn lookup_marks_and_mark_clean_splits() {
     assert_eq!(idx.mark_clean(0, 16, 0, 16), 12);
     assert_eq!(idx.mark_clean(0, 16, 0, 16), 0);
     idx.check_invariants().unwrap();
+}
+
+#[test]
+fn zero_extents_read_as_zeroes_and_replace_data() {
+    let idx = small(8, 2);
+    idx.insert(&Extent::key(0, 20, 100, 7, true)).unwrap();
+    idx.insert(&Extent::key(20, 4, 200, 8, false)).unwrap();
+    // An unmap over dirty and clean data displaces both.
+    let d = idx.insert(&Extent::zero(16, 6, true)).unwrap();
+    assert_eq!(
+        d,
+        Displaced {
+            dirty: 4,
+            clean: 2,
+            zero: 0
+        }
+    );
+    assert_eq!(
+        pieces(&idx, 0, 30),
+        [
+            Piece::Hit(Extent {
+                len: 16,
+                ..Extent::key(0, 20, 100, 7, true)
+            }),
+            Piece::Hit(Extent::zero(16, 6, true)),
+            Piece::Hit(Extent {
+                lba: 22,
+                len: 2,
+                pos: 202,
+                ..Extent::key(20, 4, 200, 8, false)
+            }),
+            Piece::Miss { lba: 24, len: 6 },
+        ]
+    );
+    let s = idx.stats();
+    assert_eq!(
+        (s.cached_blocks, s.zero_blocks, s.dirty_blocks),
+        (18, 6, 22)
+    );
+    // Newer data over part of it displaces ZERO blocks.
+    let d = idx.insert(&Extent::key(20, 1, 300, 9, true)).unwrap();
+    assert_eq!(
+        d,
+        Displaced {
+            dirty: 1,
+            clean: 0,
+            zero: 1
+        }
+    );
+    // GC and writeback of data go by cache position: ZERO entries have none.
+    assert_eq!(idx.mark_clean(0, 30, 0, u64::MAX), 17);
+    assert_eq!(idx.evict(0, 30, 0, u64::MAX, |_, _| {}), 19);
+    let s = idx.stats();
+    assert_eq!((s.cached_blocks, s.zero_blocks, s.dirty_blocks), (0, 5, 5));
+    // A fill maps only unmapped blocks: never over a ZERO entry.
+    let v = idx.range_version(10, 20);
+    assert_eq!(
+        idx.fill(&Extent::key(10, 20, 400, 1, false), v).unwrap(),
+        15
+    );
+    assert_eq!(
+        pieces(&idx, 16, 6),
+        [
+            Piece::Hit(Extent::zero(16, 4, true)),
+            Piece::Hit(Extent {
+                lba: 20,
+                len: 1,
+                pos: 410,
+                ..Extent::key(10, 20, 400, 1, false)
+            }),
+            Piece::Hit(Extent::zero(21, 1, true)),
+        ]
+    );
+    idx.check_invariants().unwrap();
+}
+
+#[test]
+fn zero_written_back_drops_dirty_zero_entries_and_beats_fills() {
+    let idx = small(8, 4);
+    idx.insert(&Extent::zero(0, 10, true)).unwrap();
+    idx.insert(&Extent::zero(10, 6, false)).unwrap();
+    idx.insert(&Extent::key(16, 4, 50, 3, true)).unwrap();
+    // A fill whose version predates the unmap gives way to it.
+    let v_before = idx.range_version(20, 4);
+    idx.insert(&Extent::zero(20, 4, true)).unwrap();
+    assert_eq!(
+        idx.fill(&Extent::key(20, 4, 60, 0, false), v_before)
+            .unwrap(),
+        0
+    );
+    // Only dirty ZERO blocks go; clean ZERO and data stay.
+    let v = idx.range_version(0, 30);
+    assert_eq!(idx.zero_written_back(2, 25), 12);
+    assert_eq!(idx.zero_written_back(2, 25), 0);
+    assert_eq!(
+        pieces(&idx, 0, 26),
+        [
+            Piece::Hit(Extent::zero(0, 2, true)),
+            Piece::Miss { lba: 2, len: 8 },
+            Piece::Hit(Extent::zero(10, 6, false)),
+            Piece::Hit(Extent::key(16, 4, 50, 3, true)),
+            Piece::Miss { lba: 20, len: 6 },
+        ]
+    );
+    let s = idx.stats();
+    assert_eq!((s.cached_blocks, s.zero_blocks, s.dirty_blocks), (4, 8, 6));
+    // Dropping bumped the versions: an origin read begun before it is not cached.
+    assert_eq!(idx.fill(&Extent::key(0, 30, 70, 0, false), v).unwrap(), 0);
+    // One begun after it is.
+    let v = idx.range_version(2, 8);
+    assert_eq!(idx.fill(&Extent::key(2, 8, 70, 0, false), v).unwrap(), 8);
+    // remove_range drops ZERO entries too.
+    assert_eq!(
+        idx.remove_range(0, 16),
+        Displaced {
+            dirty: 2,
+            clean: 14,
+            zero: 8
+        }
+    );
+    idx.check_invariants().unwrap();
+}
+
+#[test]
+fn zero_extents_may_be_longer_than_a_key() {
+    let idx = small(8, 4);
+    let long = MAX_KEY_BLOCKS * 12 + 5;
+    assert_eq!(
+        idx.insert(&Extent::zero(3, long, true)).unwrap(),
+        Displaced::default()
+    );
+    assert_eq!(idx.stats().zero_blocks, u64::from(long));
+    // One region each, read back as one piece.
+    assert_eq!(
+        pieces(&idx, 3, long),
+        [Piece::Hit(Extent::zero(3, long, true))]
+    );
+    assert_eq!(idx.zero_written_back(0, u32::MAX), long);
+    assert_eq!(idx.stats(), small(8, 4).stats());
+    idx.check_invariants().unwrap();
+
+    // Regions longer than a ZERO entry hold one per 2^15-aligned slice.
+    let idx = Index::new(IndexConfig {
+        block_size: 4096,
+        region_blocks: MAX_REGION_BLOCKS,
+        shards: 4,
+    })
+    .unwrap();
+    let base = 5 * u64::from(MAX_REGION_BLOCKS);
+    idx.insert(&Extent::key(base + 40_000, 8, 0, 0, false))
+        .unwrap();
+    let z = Extent::zero(base + 100, 200_000, true);
+    assert_eq!(
+        idx.insert(&z).unwrap(),
+        Displaced {
+            dirty: 0,
+            clean: 8,
+            zero: 0
+        }
+    );
+    assert_eq!(idx.stats().entries, 7);
+    assert_eq!(pieces(&idx, z.lba, z.len), [Piece::Hit(z)]);
+    idx.check_invariants().unwrap();
+    // The same unmap again replaces the entries one for one.
+    assert_eq!(
+        idx.insert(&z).unwrap(),
+        Displaced {
+            dirty: 200_000,
+            clean: 0,
+            zero: 200_000
+        }
+    );
+    assert_eq!(idx.stats().entries, 7);
+    // Data in the middle of a ZERO entry splits it.
+    idx.insert(&Extent::key(base + 70_000, 1, 9, 0, true))
+        .unwrap();
+    assert_eq!(idx.stats().entries, 9);
+    idx.check_invariants().unwrap();
+    // An unmap of 2^32 − 1 blocks; writeback of it takes the wide path.
+    let idx = Index::new(IndexConfig::new(4096)).unwrap();
+    idx.insert(&Extent::zero(1, u32::MAX, true)).unwrap();
+    assert_eq!(idx.stats().zero_blocks, u64::from(u32::MAX));
+    assert_eq!(idx.zero_written_back(0, u32::MAX), u32::MAX - 1);
+    assert_eq!(idx.zero_written_back(u32::MAX.into(), 1), 1);
+    assert_eq!(idx.stats().entries, 0);
+    idx.check_invariants().unwrap();
+}
+
+#[test]
+fn zero_extent_errors_are_einval() {
+    let idx = small(8, 1);
+    for e in [
+        Extent::zero(0, 0, true),
+        Extent::zero(u64::MAX - 1, 2, true),
+    ] {
+        assert_eq!(idx.insert(&e).unwrap_err().errno(), libc::EINVAL, "{e:?}");
+    }
+    let v = idx.range_version(0, 4);
+    assert_eq!(
+        idx.fill(&Extent::zero(0, 4, false), v).unwrap_err().errno(),
+        libc::EINVAL
+    );
+    assert_eq!(idx.stats().entries, 0);
+    // Fields a ZERO extent does not use are ignored, whatever they hold.
+    let odd = Extent {
+        pos: MAX_CACHE_BLOCKS * 2,
+        orig_len: MAX_KEY_BLOCKS * 3,
+        crc: 5,
+        ..Extent::zero(0, 4, false)
+    };
+    idx.insert(&odd).unwrap();
+    assert_eq!(pieces(&idx, 0, 4), [Piece::Hit(Extent::zero(0, 4, false))]);
 }

@@ -1,0 +1,301 @@
+//! One cache instance: the state every thread shares (pmem, layout, index, segments, the global
+//! write sequence, counters) and the per-thread channel that owns a lane.
+
+use crate::format::{CacheInfo, Key, Layout, SlotWriter, Tails};
+use crate::index::Index;
+use crate::lane::Lane;
+use crate::log::{LaneShared, LogCtx};
+use crate::params::{CacheMode, CreateParams};
+use crate::segments::SegmentTable;
+use bdev::{BdevChannel, BdevDesc, BdevIo};
+use pmem::Pmem;
+use poller::{IoDevice, PollStatus, Poller};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Counters for `bdev_pcache_get_stats` (relaxed atomics: each is its own fact).
+#[derive(Default)]
+pub struct Stats {
+    pub read_hits: AtomicU64,
+    pub read_misses: AtomicU64,
+    pub read_partial_hits: AtomicU64,
+    pub bytes_read_cache: AtomicU64,
+    pub bytes_read_origin: AtomicU64,
+    pub bytes_written_cache: AtomicU64,
+    pub bytes_written_origin: AtomicU64,
+    pub bytes_promoted: AtomicU64,
+    pub crc_errors: AtomicU64,
+    pub origin_errors: AtomicU64,
+    pub deferred_writes: AtomicU64,
+    pub keysets_sealed: AtomicU64,
+}
+
+impl Stats {
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Metadata records the management thread rewrites (tails after writeback/GC, info on changes).
+pub struct MetaWriter {
+    pub info: CacheInfo,
+    pub info_slot: SlotWriter,
+    pub tails: Tails,
+    pub tails_slot: SlotWriter,
+}
+
+pub struct Cache {
+    pub name: String,
+    pub pmem: Arc<dyn Pmem>,
+    pub layout: Layout,
+    pub format_id: u64,
+    pub block_size: u32,
+    pub origin_blocks: u64,
+    pub index: Index,
+    pub segments: SegmentTable,
+    /// The next write sequence number.
+    pub seq: AtomicU64,
+    pub data_crc: bool,
+    pub durable: bool,
+    mode: AtomicU32,
+    pub stats: Stats,
+    /// Lanes not owned by a channel right now.
+    free_lanes: Mutex<Vec<Lane>>,
+    /// Every lane's published persisted head, for writeback and GC.
+    pub lane_heads: Mutex<Vec<Arc<LaneShared>>>,
+    pub meta: Mutex<MetaWriter>,
+    pub params: Mutex<CreateParams>,
+    pub origin_desc: Mutex<Option<BdevDesc>>,
+    pub cache_desc: Mutex<Option<BdevDesc>>,
+    /// Per-thread lane channels (a separate io_device so FLUSH can visit every thread's lane).
+    pub lanes: IoDevice<LaneChannel>,
+}
+
+impl Cache {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: &str,
+        pmem: Arc<dyn Pmem>,
+        layout: Layout,
+        format_id: u64,
+        origin_blocks: u64,
+        index: Index,
+        segments: SegmentTable,
+        next_seq: u64,
+        lanes: Vec<Lane>,
+        meta: MetaWriter,
+        params: CreateParams,
+    ) -> Arc<Cache> {
+        let heads = lanes.iter().map(|l| l.log.shared().clone()).collect();
+        Arc::new_cyclic(|weak: &std::sync::Weak<Cache>| {
+            let weak = weak.clone();
+            Cache {
+                name: name.to_string(),
+                block_size: layout.block_size(),
+                pmem,
+                layout,
+                format_id,
+                origin_blocks,
+                index,
+                segments,
+                seq: AtomicU64::new(next_seq),
+                data_crc: params.data_crc,
+                durable: params.durable,
+                mode: AtomicU32::new(params.mode as u32),
+                stats: Stats::default(),
+                free_lanes: Mutex::new(lanes),
+                lane_heads: Mutex::new(heads),
+                meta: Mutex::new(meta),
+                params: Mutex::new(params),
+                origin_desc: Mutex::new(None),
+                cache_desc: Mutex::new(None),
+                lanes: IoDevice::new(name, move || LaneChannel::create(&weak)),
+            }
+        })
+    }
+
+    pub fn mode(&self) -> CacheMode {
+        match self.mode.load(Ordering::Relaxed) {
+            1 => CacheMode::Writethrough,
+            2 => CacheMode::Writearound,
+            3 => CacheMode::Passthrough,
+            _ => CacheMode::Writeback,
+        }
+    }
+
+    pub fn set_mode(&self, m: CacheMode) {
+        self.mode.store(m as u32, Ordering::Relaxed);
+    }
+
+    pub fn log_ctx(&self) -> LogCtx<'_> {
+        LogCtx {
+            pmem: &*self.pmem,
+            layout: &self.layout,
+            segments: &self.segments,
+            format_id: self.format_id,
+        }
+    }
+
+    /// Byte offset on pmem of cache block `pos`.
+    pub fn pos_offset(&self, pos: u64) -> u64 {
+        self.layout.segment_base() + pos * u64::from(self.block_size)
+    }
+
+    pub fn meta(&self) -> MutexGuard<'_, MetaWriter> {
+        self.meta.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take_lane(&self) -> Option<Lane> {
+        self.free_lanes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+    }
+
+    fn return_lane(&self, lane: Lane) {
+        self.free_lanes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(lane);
+    }
+
+    /// Seals every lane not owned by a channel (at delete, after the channels are gone).
+    pub fn seal_free_lanes(&self) -> Result<(), crate::log::LogError> {
+        let mut lanes = self.free_lanes.lock().unwrap_or_else(|p| p.into_inner());
+        for l in lanes.iter_mut() {
+            l.seal(&self.log_ctx())?;
+        }
+        Ok(())
+    }
+
+    /// A new key's sequence number.
+    pub fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn key_for(
+        &self,
+        seq: u64,
+        lba: u64,
+        blocks: u32,
+        space: &crate::lane::DataSpace,
+        crc: u32,
+        dirty: bool,
+    ) -> Key {
+        Key {
+            seq,
+            origin_off: lba,
+            len: blocks,
+            data_off: space.off,
+            data_seg: space.seg,
+            data_gen: space.gen_,
+            data_crc: crc,
+            flags: if dirty { Key::DIRTY } else { 0 },
+        }
+    }
+}
+
+/// A thread's lane and its waiting I/O. Created on the thread, never leaves it.
+pub struct LaneChannel {
+    pub cache: Arc<Cache>,
+    pub lane: RefCell<Option<Lane>>,
+    /// Writes whose key must be sealed before they complete (FUA, durable mode).
+    pub awaiting_seal: RefCell<VecDeque<BdevIo>>,
+    /// Writes waiting for free space.
+    pub deferred: RefCell<VecDeque<BdevIo>>,
+    /// FLUSHes submitted on this thread, waiting for the walk over every lane.
+    pub awaiting_flush: RefCell<VecDeque<BdevIo>>,
+    poller: RefCell<Option<Poller>>,
+}
+
+impl LaneChannel {
+    fn create(weak: &std::sync::Weak<Cache>) -> Result<LaneChannel, i32> {
+        let cache = weak.upgrade().ok_or(libc::ENODEV)?;
+        let lane = cache.take_lane();
+        let ch = LaneChannel {
+            cache,
+            lane: RefCell::new(lane),
+            awaiting_seal: RefCell::new(VecDeque::with_capacity(1024)),
+            deferred: RefCell::new(VecDeque::with_capacity(1024)),
+            awaiting_flush: RefCell::new(VecDeque::with_capacity(64)),
+            poller: RefCell::new(None),
+        };
+        Ok(ch)
+    }
+
+    /// Registers the per-thread poller that group-commits and resumes deferred writes.
+    pub fn start_poller(self: &Rc<Self>) {
+        if self.poller.borrow().is_some() {
+            return;
+        }
+        let weak = Rc::downgrade(self);
+        let p = Poller::register("pcache_lane", 0, move || match weak.upgrade() {
+            Some(ch) => ch.poll(),
+            None => PollStatus::Idle,
+        });
+        *self.poller.borrow_mut() = p;
+    }
+
+    /// Seals this thread's open key-set; completes the writes that waited for it.
+    pub fn seal(&self) -> Result<(), crate::log::LogError> {
+        if let Some(lane) = self.lane.borrow_mut().as_mut()
+            && !lane.log.open_keys().is_empty()
+        {
+            lane.seal(&self.cache.log_ctx())?;
+            Stats::add(&self.cache.stats.keysets_sealed, 1);
+        }
+        let waiting = std::mem::take(&mut *self.awaiting_seal.borrow_mut());
+        for io in waiting {
+            io.complete_ok();
+        }
+        Ok(())
+    }
+
+    fn poll(&self) -> PollStatus {
+        let mut busy = false;
+        if !self.awaiting_seal.borrow().is_empty() {
+            if let Err(e) = self.seal() {
+                tracing::error!(cache = %self.cache.name, "sealing a key-set failed: {e}");
+                let waiting = std::mem::take(&mut *self.awaiting_seal.borrow_mut());
+                for io in waiting {
+                    io.fail(libc::EIO);
+                }
+            }
+            busy = true;
+        }
+        let n = self.deferred.borrow().len();
+        for _ in 0..n {
+            let Some(io) = self.deferred.borrow_mut().pop_front() else {
+                break;
+            };
+            busy = true;
+            crate::io::resume_deferred(self, io);
+        }
+        PollStatus::from(busy)
+    }
+}
+
+use std::rc::Rc;
+
+impl Drop for LaneChannel {
+    fn drop(&mut self) {
+        if let Some(p) = self.poller.borrow_mut().take() {
+            p.unregister();
+        }
+        if let Some(mut lane) = self.lane.borrow_mut().take() {
+            if let Err(e) = lane.seal(&self.cache.log_ctx()) {
+                tracing::error!(cache = %self.cache.name, "sealing a lane at channel close failed: {e}");
+            }
+            self.cache.return_lane(lane);
+        }
+    }
+}
+
+/// The cache bdev's channel on a thread: the origin's channel plus the thread's lane.
+pub struct CacheBdevChannel {
+    pub cache: Arc<Cache>,
+    pub origin: BdevChannel,
+    pub lane: poller::IoChannel<LaneChannel>,
+}

@@ -1,0 +1,410 @@
+//! The data path: how the cache bdev executes each I/O on the submitting thread.
+//!
+//! - Writes (writeback): data goes into the thread's lane with non-temporal stores (checksummed on
+//!   the way when data_crc is on), the new extent is indexed, its key appended to the lane's open
+//!   key-set. The write completes at once (volatile write cache), or once the key-set is sealed
+//!   (FUA, durable mode: the lane's poller seals once per iteration — group commit).
+//! - Reads: the index splits the range into hits (copied out of pmem, crc-checked when data_crc is
+//!   on) and misses (read from the origin, one after another, then cached as clean data).
+//! - FLUSH seals every thread's open key-set (a walk over the lanes) before it completes.
+//!
+//! A parent I/O's progress (blocks done) lives in its `driver_ctx`; an origin read carries the
+//! parent in its context, so nothing is allocated per I/O.
+
+use crate::index::{Extent, Piece};
+use crate::instance::{Cache, CacheBdevChannel, LaneChannel, Stats};
+use crate::params::CacheMode;
+use bdev::iov::{self, IoVec};
+use bdev::{BdevChannelOps, BdevIo, IoCtx, IoStatus, IoType};
+use poller::Thread;
+use std::sync::Arc;
+
+/// Keys are at most this many blocks (the index's limit for one original key).
+const MAX_KEY_BLOCKS: u32 = crate::index::MAX_KEY_BLOCKS;
+
+// driver_ctx slots of a parent I/O. DONE counts blocks in its low bits; a read also records
+// there whether it met hits and misses, to be counted once when it completes.
+const DONE: usize = 0;
+const SAW_HIT: u64 = 1 << 63;
+const SAW_MISS: u64 = 1 << 62;
+const DONE_MASK: u64 = SAW_MISS - 1;
+const MISS_LBA: usize = 1;
+const MISS_LEN: usize = 2;
+const MISS_VERSION: usize = 3;
+
+impl BdevChannelOps for CacheBdevChannel {
+    fn submit_request(&self, mut io: BdevIo) {
+        io.driver_ctx()[DONE] = 0;
+        match io.io_type() {
+            IoType::Read => read_continue(self, io),
+            IoType::Write => match self.cache.mode() {
+                CacheMode::Writeback => write_continue(&self.lane, io),
+                // Other modes are introduced with writeback and GC; until then they cache too.
+                _ => write_continue(&self.lane, io),
+            },
+            IoType::Flush => flush(self, io),
+            IoType::Reset => io.complete_ok(),
+            IoType::Unmap | IoType::WriteZeroes => zero_range(&self.lane, io),
+        }
+    }
+}
+
+/// Writes the rest of `io` into the lane; defers it when the cache is full.
+fn write_continue(lane_ch: &LaneChannel, mut io: BdevIo) {
+    let cache = &lane_ch.cache;
+    let bs = cache.block_size;
+    let total = io.num_blocks() as u32;
+    let lba = io.offset_blocks();
+    let mut done = io.driver_ctx()[DONE] as u32;
+    let mut lane_ref = lane_ch.lane.borrow_mut();
+    let Some(lane) = lane_ref.as_mut() else {
+        drop(lane_ref);
+        io.fail(libc::EBUSY);
+        return;
+    };
+    while done < total {
+        let want = (total - done).min(MAX_KEY_BLOCKS);
+        let Some(space) = lane.alloc_data(&cache.segments, &cache.layout, want) else {
+            io.driver_ctx()[DONE] = u64::from(done);
+            Stats::add(&cache.stats.deferred_writes, 1);
+            drop(lane_ref);
+            lane_ch.deferred.borrow_mut().push_back(io);
+            return;
+        };
+        let bytes = (space.blocks * bs) as usize;
+        let pos = crate::segments::cache_pos(&cache.layout, space.seg, space.off);
+        let mut at = cache.pos_offset(pos);
+        let mut crc = 0u32;
+        let mut failed = false;
+        iov::for_each_range(io.iovs(), done as usize * bs as usize, bytes, |src| {
+            if cache.data_crc {
+                crc = crc32c::crc32c_append(crc, src);
+            }
+            failed |= cache.pmem.write_nt(at, src).is_err();
+            at += src.len() as u64;
+        });
+        if failed {
+            drop(lane_ref);
+            io.fail(libc::EIO);
+            return;
+        }
+        let key_lba = lba + u64::from(done);
+        let seq = cache.next_seq();
+        if cache
+            .index
+            .insert(&Extent::key(key_lba, space.blocks, pos, crc, true))
+            .is_err()
+        {
+            drop(lane_ref);
+            io.fail(libc::EINVAL);
+            return;
+        }
+        let key = cache.key_for(seq, key_lba, space.blocks, &space, crc, true);
+        if lane.log.append(key)
+            && let Err(e) = lane.seal(&cache.log_ctx())
+        {
+            tracing::error!(cache = %cache.name, "sealing a full key-set failed: {e}");
+            drop(lane_ref);
+            io.fail(libc::EIO);
+            return;
+        }
+        done += space.blocks;
+    }
+    drop(lane_ref);
+    Stats::add(
+        &cache.stats.bytes_written_cache,
+        u64::from(total) * u64::from(bs),
+    );
+    if io.flags().fua || cache.durable {
+        lane_ch.awaiting_seal.borrow_mut().push_back(io);
+    } else {
+        io.complete_ok();
+    }
+}
+
+/// Unmap and write_zeroes: a tombstone key in the log (so writeback sends it to the origin after
+/// any older dirty data for the range) and a ZERO extent in the index (so the range reads as zeroes
+/// at once).
+fn zero_range(lane_ch: &LaneChannel, io: BdevIo) {
+    let cache = &lane_ch.cache;
+    let mut lane_ref = lane_ch.lane.borrow_mut();
+    let Some(lane) = lane_ref.as_mut() else {
+        drop(lane_ref);
+        io.fail(libc::EBUSY);
+        return;
+    };
+    let (lba, total) = (io.offset_blocks(), io.num_blocks());
+    let mut done = 0u64;
+    while done < total {
+        let blocks = (total - done).min(u64::from(u32::MAX)) as u32;
+        let seq = cache.next_seq();
+        if cache
+            .index
+            .insert(&Extent::zero(lba + done, blocks, true))
+            .is_err()
+        {
+            drop(lane_ref);
+            io.fail(libc::EINVAL);
+            return;
+        }
+        let key = crate::format::Key {
+            seq,
+            origin_off: lba + done,
+            len: blocks,
+            flags: crate::format::Key::UNMAP | crate::format::Key::DIRTY,
+            ..Default::default()
+        };
+        if lane.log.append(key)
+            && let Err(e) = lane.seal(&cache.log_ctx())
+        {
+            tracing::error!(cache = %cache.name, "sealing a full key-set failed: {e}");
+            drop(lane_ref);
+            io.fail(libc::EIO);
+            return;
+        }
+        done += u64::from(blocks);
+    }
+    drop(lane_ref);
+    if cache.durable {
+        lane_ch.awaiting_seal.borrow_mut().push_back(io);
+    } else {
+        io.complete_ok();
+    }
+}
+
+/// A deferred write gets another try (from the lane's poller).
+pub(crate) fn resume_deferred(lane_ch: &LaneChannel, io: BdevIo) {
+    write_continue(lane_ch, io);
+}
+
+/// Serves what the index has, then the first miss from the origin; the origin read's completion
+/// caches the data and comes back here for the rest.
+fn read_continue(ch: &CacheBdevChannel, mut io: BdevIo) {
+    let cache = &ch.cache;
+    let bs = u64::from(cache.block_size);
+    let lba = io.offset_blocks();
+    let total = io.num_blocks();
+    let word = io.driver_ctx()[DONE];
+    let done = word & DONE_MASK;
+    let mut miss: Option<(u64, u32)> = None;
+    let mut hits = 0u64;
+    let mut err = 0i32;
+    let iovs: &[IoVec] = io.iovs();
+    cache
+        .index
+        .lookup(lba + done, (total - done) as u32, |piece| {
+            if miss.is_some() || err != 0 {
+                return;
+            }
+            match piece {
+                Piece::Miss { lba: m, len } => miss = Some((m, len)),
+                Piece::Hit(e) if e.zero => {
+                    // Unmapped or zeroed here, not yet on the origin: reads as zeroes.
+                    let off = ((e.lba - lba) * bs) as usize;
+                    iov::for_each_range_mut(iovs, off, (u64::from(e.len) * bs) as usize, |dst| {
+                        dst.fill(0)
+                    });
+                    hits += u64::from(e.len);
+                }
+                Piece::Hit(e) => {
+                    if let Err(errno) = copy_hit(cache, &e, iovs, ((e.lba - lba) * bs) as usize) {
+                        err = errno;
+                        return;
+                    }
+                    hits += u64::from(e.len);
+                }
+            }
+        });
+    Stats::add(&cache.stats.bytes_read_cache, hits * bs);
+    if err != 0 {
+        io.fail(err);
+        return;
+    }
+    let seen = (word & (SAW_HIT | SAW_MISS)) | if hits > 0 { SAW_HIT } else { 0 };
+    let Some((m, len)) = miss else {
+        let counter = match (seen & SAW_HIT != 0, seen & SAW_MISS != 0) {
+            (true, true) => &cache.stats.read_partial_hits,
+            (false, true) => &cache.stats.read_misses,
+            _ => &cache.stats.read_hits,
+        };
+        Stats::add(counter, 1);
+        io.complete_ok();
+        return;
+    };
+    let ctx = io.driver_ctx();
+    ctx[DONE] = (m + u64::from(len) - lba) | seen | SAW_MISS;
+    ctx[MISS_LBA] = m;
+    ctx[MISS_LEN] = u64::from(len);
+    ctx[MISS_VERSION] = cache.index.range_version(m, len);
+    // The origin reads straight into the caller's buffer; a scratch iovec list per miss.
+    let mut sub = [empty_iov(); 16];
+    let Some(n) = iov::slice_to(
+        io.iovs(),
+        ((m - lba) * bs) as usize,
+        (u64::from(len) * bs) as usize,
+        &mut sub,
+    ) else {
+        io.fail(libc::EINVAL);
+        return;
+    };
+    if let Err(e) = ch.origin.read(
+        &sub[..n],
+        m,
+        u64::from(len),
+        origin_read_done,
+        IoCtx::Io(io),
+    ) && let IoCtx::Io(io) = e.ctx
+    {
+        io.fail(e.error.errno());
+    }
+}
+
+fn empty_iov() -> IoVec {
+    // SAFETY: a zero-length vector names no memory.
+    unsafe { IoVec::new(std::ptr::NonNull::dangling().as_ptr(), 0) }
+}
+
+/// Copies a hit out of pmem into the caller's buffer at byte `dst_off`, checking its crc first.
+fn copy_hit(cache: &Cache, e: &Extent, iovs: &[IoVec], dst_off: usize) -> Result<(), i32> {
+    if cache.data_crc && !crc_ok(cache, e) {
+        Stats::add(&cache.stats.crc_errors, 1);
+        tracing::error!(cache = %cache.name, lba = e.lba, blocks = e.len, dirty = e.dirty, "cached data fails its crc");
+        // Dirty data has no other copy: fail rather than return wrong bytes. (Clean data could be
+        // re-read from the origin; until eviction lands, fail it too.)
+        return Err(libc::EIO);
+    }
+    let mut at = cache.pos_offset(e.pos);
+    let bytes = e.len as usize * cache.block_size as usize;
+    let mut failed = false;
+    iov::for_each_range_mut(iovs, dst_off, bytes, |dst| {
+        failed |= cache.pmem.read(at, dst).is_err();
+        at += dst.len() as u64;
+    });
+    if failed { Err(libc::EIO) } else { Ok(()) }
+}
+
+/// crc32c over the original key's whole data, read from pmem in chunks.
+fn crc_ok(cache: &Cache, e: &Extent) -> bool {
+    let mut buf = [0u8; 4096];
+    let mut at = cache.pos_offset(e.orig_pos);
+    let mut left = u64::from(e.orig_len) * u64::from(cache.block_size);
+    let mut crc = 0u32;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        if cache.pmem.read(at, &mut buf[..n]).is_err() {
+            return false;
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        at += n as u64;
+        left -= n as u64;
+    }
+    crc == e.crc
+}
+
+fn origin_read_done(child: BdevIo, ok: bool, ctx: IoCtx) {
+    let status = child.status();
+    drop(child);
+    let IoCtx::Io(mut io) = ctx else { return };
+    let Some(ch) = io.module_channel::<CacheBdevChannel>() else {
+        io.fail(libc::ENODEV);
+        return;
+    };
+    if !ok {
+        Stats::add(&ch.cache.stats.origin_errors, 1);
+        io.fail(match status {
+            IoStatus::Failed(e) => e,
+            _ => libc::EIO,
+        });
+        return;
+    }
+    let d = *io.driver_ctx();
+    let (m, len, version) = (d[MISS_LBA], d[MISS_LEN] as u32, d[MISS_VERSION]);
+    Stats::add(
+        &ch.cache.stats.bytes_read_origin,
+        u64::from(len) * u64::from(ch.cache.block_size),
+    );
+    promote(&ch, &io, m, len, version);
+    read_continue(&ch, io);
+}
+
+/// Caches what a miss read from the origin, as clean data, unless the range changed meanwhile.
+fn promote(ch: &CacheBdevChannel, io: &BdevIo, m: u64, len: u32, version: u64) {
+    let cache = &ch.cache;
+    let bs = cache.block_size;
+    let lba = io.offset_blocks();
+    let mut lane_ref = ch.lane.lane.borrow_mut();
+    let Some(lane) = lane_ref.as_mut() else {
+        return;
+    };
+    let mut done = 0u32;
+    while done < len {
+        let Some(space) = lane.alloc_data(
+            &cache.segments,
+            &cache.layout,
+            (len - done).min(MAX_KEY_BLOCKS),
+        ) else {
+            return;
+        };
+        let pos = crate::segments::cache_pos(&cache.layout, space.seg, space.off);
+        let mut at = cache.pos_offset(pos);
+        let mut crc = 0u32;
+        let src_off = ((m - lba) as usize + done as usize) * bs as usize;
+        iov::for_each_range(io.iovs(), src_off, (space.blocks * bs) as usize, |src| {
+            if cache.data_crc {
+                crc = crc32c::crc32c_append(crc, src);
+            }
+            let _ = cache.pmem.write_nt(at, src);
+            at += src.len() as u64;
+        });
+        let key_lba = m + u64::from(done);
+        let seq = cache.next_seq();
+        if let Ok(n) = cache.index.fill(
+            &Extent::key(key_lba, space.blocks, pos, crc, false),
+            version,
+        ) && n > 0
+        {
+            let key = cache.key_for(seq, key_lba, space.blocks, &space, crc, false);
+            if lane.log.append(key)
+                && let Err(e) = lane.seal(&cache.log_ctx())
+            {
+                tracing::error!(cache = %cache.name, "sealing a full key-set failed: {e}");
+                return;
+            }
+            Stats::add(
+                &cache.stats.bytes_promoted,
+                u64::from(space.blocks) * u64::from(bs),
+            );
+        }
+        done += space.blocks;
+    }
+}
+
+/// FLUSH: every thread seals its open key-set, then the flush completes on this thread.
+fn flush(ch: &CacheBdevChannel, io: BdevIo) {
+    let cache: Arc<Cache> = ch.cache.clone();
+    // The flush I/O cannot travel between threads; it waits in this thread's lane until the walk
+    // over every thread's lane comes back.
+    ch.lane.awaiting_flush.borrow_mut().push_back(io);
+    let c2 = cache.clone();
+    cache.lanes.for_each_channel(
+        |lane: &poller::IoChannel<LaneChannel>| {
+            if let Err(e) = lane.seal() {
+                tracing::error!(cache = %lane.cache.name, "sealing for FLUSH failed: {e}");
+            }
+        },
+        move || {
+            let Some(t) = Thread::current() else { return };
+            let Some(lane) = c2.lanes.existing_channel(&t) else {
+                return;
+            };
+            if let Some(io) = lane.awaiting_flush.borrow_mut().pop_front() {
+                let sync_ok = c2.pmem.sync().is_ok();
+                if sync_ok {
+                    io.complete_ok()
+                } else {
+                    io.fail(libc::EIO)
+                }
+            }
+        },
+    );
+}

@@ -1,0 +1,106 @@
+//! `bdev_pcache_*` RPC methods: decode, act, answer.
+
+use crate::instance::Cache;
+use crate::params::CreateParams;
+use bdev::Bdev;
+use rpc::{Responder, RpcError, StateMask};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::atomic::Ordering;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameParams {
+    name: String,
+}
+
+fn cache_named(name: &str) -> Result<std::sync::Arc<Cache>, RpcError> {
+    Bdev::lookup(name)
+        .and_then(|b| crate::vbdev::cache_of(&b))
+        .ok_or_else(|| RpcError::errno(libc::ENODEV))
+}
+
+/// The counters and log positions of `bdev_pcache_get_stats`.
+pub fn stats_json(cache: &Cache) -> Value {
+    let s = &cache.stats;
+    let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let idx = cache.index.stats();
+    let segs = cache.segments.counts();
+    let bs = u64::from(cache.block_size);
+    let meta = cache.meta();
+    let tails: Vec<Value> = meta
+        .tails
+        .lanes()
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            json!({
+                "lane": i,
+                "key_tail": format!("{}:{}", t.key_tail.seg, t.key_tail.off),
+                "dirty_tail": format!("{}:{}", t.dirty_tail.seg, t.dirty_tail.off),
+            })
+        })
+        .collect();
+    let heads: Vec<Value> = cache
+        .lane_heads
+        .lock()
+        .map(|h| {
+            h.iter()
+                .map(|l| l.persisted_head())
+                .map(|p| json!(format!("{}:{}", p.seg, p.off)))
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "name": cache.name,
+        "mode": cache.mode(),
+        "read_hits": g(&s.read_hits),
+        "read_misses": g(&s.read_misses),
+        "read_partial_hits": g(&s.read_partial_hits),
+        "bytes_read_cache": g(&s.bytes_read_cache),
+        "bytes_read_origin": g(&s.bytes_read_origin),
+        "bytes_written_cache": g(&s.bytes_written_cache),
+        "bytes_written_origin": g(&s.bytes_written_origin),
+        "bytes_promoted": g(&s.bytes_promoted),
+        "dirty_bytes": idx.dirty_blocks * bs,
+        "cached_bytes": idx.cached_blocks * bs,
+        "occupancy_percent": if segs.total == 0 { 0.0 } else { f64::from(segs.used) * 100.0 / f64::from(segs.total) },
+        "segments_total": segs.total,
+        "segments_used": segs.used,
+        "segments_data": segs.data,
+        "segments_key": segs.key,
+        "index_entries": idx.entries,
+        "index_memory_bytes": idx.memory_bytes,
+        "keysets_sealed": g(&s.keysets_sealed),
+        "deferred_writes": g(&s.deferred_writes),
+        "written_back_seq": meta.tails.written_back_seq,
+        "next_seq": cache.seq.load(Ordering::Relaxed),
+        "key_heads": heads,
+        "tails": tails,
+        "crc_errors": g(&s.crc_errors),
+        "origin_errors": g(&s.origin_errors),
+    })
+}
+
+pub fn register_rpcs() {
+    crate::vbdev::register_module();
+    rpc::register(
+        "bdev_pcache_create",
+        StateMask::RUNTIME,
+        |p: CreateParams, r: Responder| {
+            bdev::rpc::answer(r, crate::vbdev::create(p).map(|b| b.name().to_string()))
+        },
+    );
+    rpc::register(
+        "bdev_pcache_delete",
+        StateMask::RUNTIME,
+        |p: NameParams, r: Responder| {
+            crate::vbdev::delete(&p.name, move |res| bdev::rpc::answer(r, res.map(|_| true)))
+        },
+    );
+    rpc::register(
+        "bdev_pcache_get_stats",
+        StateMask::RUNTIME,
+        |p: NameParams, r: Responder| r.result(cache_named(&p.name).map(|c| stats_json(&c))),
+    );
+}

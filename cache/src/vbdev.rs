@@ -1,0 +1,368 @@
+//! The pcache bdev: creation (format or reattach with replay), the bdev operations, clean shutdown
+//! at delete, and its place in save_config.
+
+use crate::format::{self, CacheInfo, FormatError, FormatParams, LogPos, OriginId, SlotWriter};
+use crate::index::{Index, IndexConfig};
+use crate::instance::{Cache, CacheBdevChannel, MetaWriter};
+use crate::lane::Lane;
+use crate::log::LaneLog;
+use crate::params::CreateParams;
+use crate::segments::SegmentTable;
+use bdev::{
+    Bdev, BdevChannelOps, BdevDesc, BdevError, BdevEvent, BdevModule, BdevOps, BdevProps, IoType,
+};
+use serde_json::{Value, json};
+use std::rc::Rc;
+use std::sync::Arc;
+
+pub const MODULE: &str = "pcache";
+
+/// Lanes made at format: enough for every thread of a two-reactor target that writes.
+const FORMAT_LANES: u32 = 8;
+
+pub struct PcacheModule;
+
+impl BdevModule for PcacheModule {
+    fn name(&self) -> &'static str {
+        MODULE
+    }
+}
+
+struct PcacheOps {
+    cache: Arc<Cache>,
+}
+
+impl BdevOps for PcacheOps {
+    fn io_type_supported(&self, t: IoType) -> bool {
+        matches!(
+            t,
+            IoType::Read
+                | IoType::Write
+                | IoType::Flush
+                | IoType::Reset
+                | IoType::Unmap
+                | IoType::WriteZeroes
+        )
+    }
+
+    fn create_channel(&self) -> Result<Rc<dyn BdevChannelOps>, BdevError> {
+        let cache = self.cache.clone();
+        let origin = {
+            let d = cache.origin_desc.lock().unwrap_or_else(|p| p.into_inner());
+            d.as_ref()
+                .ok_or_else(|| BdevError::io(libc::ENODEV, "origin is gone"))?
+                .get_io_channel()?
+        };
+        let lane = cache
+            .lanes
+            .get_channel()
+            .map_err(|e| BdevError::io(e, "no lane channel"))?;
+        if lane.lane.borrow().is_none() {
+            return Err(BdevError::io(
+                libc::EBUSY,
+                format!("{}: every lane is taken by another thread", cache.name),
+            ));
+        }
+        lane.rc().start_poller();
+        Ok(Rc::new(CacheBdevChannel {
+            cache,
+            origin,
+            lane,
+        }))
+    }
+
+    fn dump_info_json(&self) -> Value {
+        json!({ "pcache": info_json(&self.cache) })
+    }
+
+    fn write_config_json(&self) -> Option<Value> {
+        let p = self
+            .cache
+            .params
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Some(json!({"method": "bdev_pcache_create", "params": p}))
+    }
+
+    fn destruct(&self) {
+        shutdown(&self.cache);
+    }
+}
+
+fn info_json(cache: &Cache) -> Value {
+    let p = cache
+        .params
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    json!({
+        "name": cache.name,
+        "cache_bdev": p.cache_bdev,
+        "origin_bdev": p.origin_bdev,
+        "mode": cache.mode(),
+        "data_crc": cache.data_crc,
+        "durable": cache.durable,
+        "gc_percent": p.gc_percent,
+        "segment_size": cache.layout.segment_size(),
+        "segment_count": cache.layout.segment_count(),
+    })
+}
+
+/// Clean shutdown: every lane sealed, then the cache info marked clean. Dirty data stays in pmem
+/// and is found again by the next create.
+fn shutdown(cache: &Cache) {
+    if let Err(e) = cache.seal_free_lanes() {
+        tracing::error!(cache = %cache.name, "sealing lanes at shutdown failed: {e}");
+        return;
+    }
+    let mut meta = cache.meta();
+    meta.info.flags |= CacheInfo::CLEAN_SHUTDOWN;
+    let info = meta.info.encode();
+    if let Err(e) = meta.info_slot.write(&*cache.pmem, &info) {
+        tracing::error!(cache = %cache.name, "recording the clean shutdown failed: {e}");
+    }
+    drop(meta);
+    cache
+        .origin_desc
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    cache
+        .cache_desc
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    tracing::info!(cache = %cache.name, "pcache stopped cleanly");
+}
+
+fn err(errno: i32, msg: impl Into<String>) -> BdevError {
+    BdevError::io(errno, msg)
+}
+
+fn fmt_err(e: FormatError) -> BdevError {
+    err(e.errno(), e.to_string())
+}
+
+/// A segment size the cache can hold at least 32 of (never below 1 MiB, never above the asked one).
+fn fitting_segment_size(device: u64, asked: u32) -> u32 {
+    let mut s = asked;
+    while s > format::MIN_SEGMENT_SIZE && device / u64::from(s) < 32 {
+        s /= 2;
+    }
+    s
+}
+
+/// `bdev_pcache_create`: claims the cache (a pmem bdev) and the origin, formats the cache or
+/// reattaches to it (replaying its log), and registers the pcache bdev.
+pub fn create(params: CreateParams) -> Result<Bdev, BdevError> {
+    params.check().map_err(BdevError::invalid)?;
+    if Bdev::lookup(&params.name).is_some() {
+        return Err(BdevError::Exists(params.name.clone()));
+    }
+    let cache_bdev = Bdev::lookup(&params.cache_bdev)
+        .ok_or_else(|| BdevError::NoSuchDevice(params.cache_bdev.clone()))?;
+    let pmem = bdev::pmem::pmem_of(&cache_bdev).ok_or_else(|| {
+        BdevError::invalid(format!(
+            "cache_bdev {} is not a pmem bdev",
+            params.cache_bdev
+        ))
+    })?;
+    let origin_bdev = Bdev::lookup(&params.origin_bdev)
+        .ok_or_else(|| BdevError::NoSuchDevice(params.origin_bdev.clone()))?;
+    let origin = OriginId {
+        uuid: origin_bdev.uuid(),
+        blocks: origin_bdev.num_blocks(),
+        block_size: origin_bdev.block_size(),
+    };
+    if origin.block_size > format::MAX_BLOCK_SIZE {
+        return Err(BdevError::invalid(format!(
+            "origin block size {} is over 4096",
+            origin.block_size
+        )));
+    }
+    let name = params.name.clone();
+    let on_event = |what: &'static str, name: String| {
+        move |ev: BdevEvent| {
+            if ev == BdevEvent::Remove {
+                tracing::warn!(pcache = %name, "{what} is being removed: removing the cache bdev");
+                if let Some(b) = Bdev::lookup(&name) {
+                    b.unregister(|_| {});
+                }
+            }
+        }
+    };
+    let cache_desc = BdevDesc::open(
+        cache_bdev.name(),
+        true,
+        on_event("the cache bdev", name.clone()),
+    )?;
+    cache_desc.claim(MODULE)?;
+    let origin_desc = BdevDesc::open(
+        origin_bdev.name(),
+        true,
+        on_event("the origin bdev", name.clone()),
+    )?;
+    origin_desc.claim(MODULE)?;
+
+    let cache = attach(&params, pmem, origin)?;
+    *cache.origin_desc.lock().unwrap_or_else(|p| p.into_inner()) = Some(origin_desc);
+    *cache.cache_desc.lock().unwrap_or_else(|p| p.into_inner()) = Some(cache_desc);
+
+    let mut props = BdevProps::new(&name, MODULE, "pcache", origin.block_size, origin.blocks);
+    props.uuid = params.uuid;
+    props.write_cache = !params.durable;
+    Bdev::register(props, Arc::new(PcacheOps { cache }))
+}
+
+/// Formats (when asked, or when the device holds no cache) or opens and replays.
+fn attach(
+    params: &CreateParams,
+    pmem: Arc<dyn pmem::Pmem>,
+    origin: OriginId,
+) -> Result<Arc<Cache>, BdevError> {
+    let opened = if params.format {
+        None
+    } else {
+        match format::open(&*pmem, &origin) {
+            Ok(m) => Some(m),
+            Err(FormatError::NotFormatted) => None,
+            Err(e @ FormatError::OriginMismatch { .. }) => {
+                return Err(err(
+                    libc::EINVAL,
+                    format!(
+                        "{e}; pass \"format\": true to reformat the cache for this origin (its data is lost)"
+                    ),
+                ));
+            }
+            Err(e) => return Err(fmt_err(e)),
+        }
+    };
+    let meta = match opened {
+        Some(m) => m,
+        None => {
+            let mut fp = FormatParams::new(uuid::Uuid::new_v4(), origin, FORMAT_LANES);
+            fp.segment_size = fitting_segment_size(pmem.len(), params.segment_size);
+            fp.info = info_from(params);
+            format::format(&*pmem, &fp).map_err(fmt_err)?;
+            tracing::info!(pcache = %params.name, segment_size = fp.segment_size, "cache formatted");
+            format::open(&*pmem, &origin).map_err(fmt_err)?
+        }
+    };
+    if meta.read_only {
+        return Err(err(
+            libc::EROFS,
+            "the cache was written by a newer pcache (read-only features)",
+        ));
+    }
+    let layout = meta.layout;
+    let index = Index::new(IndexConfig::new(layout.block_size()))
+        .map_err(|e| err(libc::EINVAL, e.to_string()))?;
+    let segments = SegmentTable::new(meta.gens.clone());
+    let format_id = meta.superblock.format_id;
+    if meta.info.has(CacheInfo::DATA_CRC) != params.data_crc {
+        return Err(err(
+            libc::EINVAL,
+            format!(
+                "the cache was created with data_crc {}; reattach with the same setting or pass \"format\": true",
+                meta.info.has(CacheInfo::DATA_CRC)
+            ),
+        ));
+    }
+    let (lanes, next_seq) = lanes_after_replay(&*pmem, &meta, &index, &segments, &params.name)?;
+    let lanes = lanes
+        .into_iter()
+        .map(|(lane, head, head_gen, next)| {
+            Lane::new(LaneLog::new(lane, format_id, head, head_gen, next), None)
+        })
+        .collect();
+    let mut info = meta.info;
+    // The first write after this start makes the cache dirty again; clear the flag now.
+    info.flags &= !CacheInfo::CLEAN_SHUTDOWN;
+    let mut info_slot: SlotWriter = meta.info_slot;
+    info_slot.write(&*pmem, &info.encode()).map_err(fmt_err)?;
+    let writer = MetaWriter {
+        info,
+        info_slot,
+        tails: meta.tails,
+        tails_slot: meta.tails_slot,
+    };
+    Ok(Cache::new(
+        &params.name,
+        pmem,
+        layout,
+        format_id,
+        origin.blocks,
+        index,
+        segments,
+        next_seq,
+        lanes,
+        writer,
+        params.clone(),
+    ))
+}
+
+/// Replays the log into the index and segment table; returns each lane's (lane, head, head
+/// generation, next lane sequence) and the next write sequence.
+type LaneStart = (u32, LogPos, u32, u64);
+
+fn lanes_after_replay(
+    pmem: &dyn pmem::Pmem,
+    meta: &format::OpenedMeta,
+    index: &Index,
+    segments: &SegmentTable,
+    name: &str,
+) -> Result<(Vec<LaneStart>, u64), BdevError> {
+    let r = crate::replay::replay(pmem, meta, index, segments)
+        .map_err(|e| err(e.errno(), e.to_string()))?;
+    tracing::info!(
+        pcache = %name,
+        keys = r.keys,
+        stale = r.stale_keys,
+        dirty_blocks = r.dirty_blocks,
+        keys_per_sec = r.keys_per_sec as u64,
+        "log replayed"
+    );
+    let lanes = r
+        .lanes
+        .iter()
+        .map(|l| (l.lane, l.head, l.head_gen, l.next_seq))
+        .collect();
+    Ok((lanes, r.max_seq + 1))
+}
+
+fn info_from(p: &CreateParams) -> CacheInfo {
+    let mut info = CacheInfo {
+        mode: p.mode.into(),
+        gc_percent: p.gc_percent,
+        promotion: p.promotion_threshold,
+        seq_cutoff: p.sequential_cutoff,
+        writeback_target: u64::from(p.writeback_dirty_target) * 100,
+        writeback_rate: p.writeback_rate_limit,
+        ..CacheInfo::default()
+    };
+    if p.data_crc {
+        info.flags |= CacheInfo::DATA_CRC;
+    }
+    if p.durable {
+        info.flags |= CacheInfo::DURABLE;
+    }
+    info
+}
+
+/// `bdev_pcache_delete`: unregisters the bdev; the clean shutdown runs when its users are gone.
+pub fn delete(name: &str, done: impl FnOnce(Result<(), BdevError>) + Send + 'static) {
+    match Bdev::lookup(name) {
+        Some(b) if b.module() == MODULE => b.unregister(done),
+        _ => done(Err(BdevError::NoSuchDevice(name.to_string()))),
+    }
+}
+
+/// The cache behind a pcache bdev.
+pub fn cache_of(bdev: &Bdev) -> Option<Arc<Cache>> {
+    bdev.ops_as::<PcacheOps>().map(|o| o.cache.clone())
+}
+
+pub fn register_module() {
+    bdev::register_module(Arc::new(PcacheModule));
+}

@@ -1,0 +1,194 @@
+//! The pcache bdev end to end under the deterministic harness: writes and reads through the cache,
+//! misses served from the origin, FLUSH, and the data surviving delete + re-create (replay).
+
+use bdev::malloc::{self, rpc::MallocCreateParams};
+use bdev::{Bdev, BdevChannel, BdevDesc, BdevIo, DmaBuf, IoCtx, IoFlags, IoVec};
+use cache::params::CreateParams;
+use pmem::{Pmem, PmemFile};
+use poller::Harness;
+use std::cell::RefCell;
+use std::sync::Arc;
+
+thread_local! {
+    static DONE: RefCell<Vec<(usize, bool)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn record(io: BdevIo, ok: bool, ctx: IoCtx) {
+    drop(io);
+    if let IoCtx::Word(w) = ctx {
+        DONE.with(|d| d.borrow_mut().push((w, ok)));
+    }
+}
+
+fn wait(h: &Harness, n: usize) -> Vec<(usize, bool)> {
+    for _ in 0..10_000 {
+        h.poll_until_idle(10);
+        if DONE.with(|d| d.borrow().len()) >= n {
+            break;
+        }
+    }
+    DONE.with(|d| std::mem::take(&mut *d.borrow_mut()))
+}
+
+fn iov(b: &DmaBuf) -> IoVec {
+    // SAFETY: the buffers outlive the harness loops that complete their I/O.
+    unsafe { b.iovec() }
+}
+
+fn block(tag: u64) -> DmaBuf {
+    let mut b = DmaBuf::new(4096, 4096).unwrap();
+    for (i, x) in b.as_mut_slice().iter_mut().enumerate() {
+        *x = (tag.wrapping_mul(31).wrapping_add(i as u64 / 8)) as u8;
+    }
+    b
+}
+
+fn params(name: &str, cache: &str, origin: &str) -> CreateParams {
+    serde_json::from_value(serde_json::json!({
+        "name": name, "cache_bdev": cache, "origin_bdev": origin, "data_crc": true, "segment_size": 1 << 20
+    }))
+    .unwrap()
+}
+
+fn open(h: &Harness, name: &str) -> (BdevDesc, BdevChannel) {
+    let d = BdevDesc::open(name, true, |_| {}).unwrap();
+    let ch = h.run_on(0, || d.get_io_channel().unwrap());
+    (d, ch)
+}
+
+fn unregister(h: &Harness, b: Bdev) {
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d = done.clone();
+    h.run_on(0, || {
+        b.unregister(move |r| {
+            r.unwrap();
+            d.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    });
+    for _ in 0..100 {
+        h.poll_until_idle(10);
+    }
+    assert!(done.load(std::sync::atomic::Ordering::SeqCst));
+}
+
+#[test]
+fn written_data_reads_back_before_and_after_reattach() {
+    let h = Harness::new(1);
+    let pm: Arc<dyn Pmem> = Arc::new(PmemFile::anonymous(64 << 20).unwrap());
+    bdev::pmem::create_with("vb_pmem", pm.clone(), 4096).unwrap();
+    let origin = malloc::create(MallocCreateParams::new("vb_origin", 4096, 4096)).unwrap();
+    // The origin starts with a known pattern so misses are recognisable.
+    {
+        let (d, ch) = open(&h, "vb_origin");
+        let bufs: Vec<DmaBuf> = (0..16).map(|i| block(1000 + i)).collect();
+        h.run_on(0, || {
+            for (i, b) in bufs.iter().enumerate() {
+                ch.write(
+                    &[iov(b)],
+                    i as u64,
+                    1,
+                    IoFlags::default(),
+                    record,
+                    IoCtx::Word(i),
+                )
+                .unwrap();
+            }
+        });
+        assert!(wait(&h, 16).iter().all(|(_, ok)| *ok));
+        drop((ch, d));
+    }
+    let pc = h.run_on(0, || {
+        cache::vbdev::create(params("vb_cache", "vb_pmem", "vb_origin")).unwrap()
+    });
+    assert_eq!(pc.num_blocks(), 4096);
+    let (d, ch) = open(&h, "vb_cache");
+    // Misses come from the origin.
+    let r = DmaBuf::new(4096, 4096).unwrap();
+    h.run_on(0, || {
+        ch.read(&[iov(&r)], 3, 1, record, IoCtx::Word(1)).unwrap()
+    });
+    assert_eq!(wait(&h, 1), vec![(1, true)]);
+    assert_eq!(r.as_slice(), block(1003).as_slice());
+    // Writes of 1 and 8 blocks, one FUA, then a FLUSH.
+    let w: Vec<DmaBuf> = (0..32).map(block).collect();
+    h.run_on(0, || {
+        for (i, b) in w.iter().enumerate() {
+            let flags = IoFlags { fua: i == 5 };
+            ch.write(
+                &[iov(b)],
+                100 + 7 * i as u64,
+                1,
+                flags,
+                record,
+                IoCtx::Word(i),
+            )
+            .unwrap();
+        }
+    });
+    assert!(wait(&h, 32).iter().all(|(_, ok)| *ok));
+    h.run_on(0, || ch.flush(0, 4096, record, IoCtx::Word(99)).unwrap());
+    assert_eq!(wait(&h, 1), vec![(99, true)]);
+    let check = |ch: &BdevChannel| {
+        let r = DmaBuf::new(4096, 4096).unwrap();
+        for (i, b) in w.iter().enumerate() {
+            h.run_on(0, || {
+                ch.read(&[iov(&r)], 100 + 7 * i as u64, 1, record, IoCtx::Word(i))
+                    .unwrap()
+            });
+            assert_eq!(wait(&h, 1), vec![(i, true)]);
+            assert_eq!(r.as_slice(), b.as_slice(), "block {i}");
+        }
+    };
+    check(&ch);
+    // A read spanning a hit and misses on both sides.
+    let big = DmaBuf::new(3 * 4096, 4096).unwrap();
+    h.run_on(0, || {
+        ch.read(&[iov(&big)], 99, 3, record, IoCtx::Word(7))
+            .unwrap()
+    });
+    assert_eq!(wait(&h, 1), vec![(7, true)]);
+    assert_eq!(&big.as_slice()[4096..8192], w[0].as_slice());
+    let stats = cache::rpc::stats_json(&cache::vbdev::cache_of(&pc).unwrap());
+    assert!(stats["read_partial_hits"].as_u64().unwrap() >= 1, "{stats}");
+    assert_eq!(stats["dirty_bytes"].as_u64().unwrap(), 32 * 4096, "{stats}");
+    drop((ch, d));
+    unregister(&h, pc);
+
+    // Re-create over the same pmem: the log replays, the data is there, still dirty.
+    let pc = h.run_on(0, || {
+        cache::vbdev::create(params("vb_cache", "vb_pmem", "vb_origin")).unwrap()
+    });
+    let (d, ch) = open(&h, "vb_cache");
+    check(&ch);
+    let stats = cache::rpc::stats_json(&cache::vbdev::cache_of(&pc).unwrap());
+    assert_eq!(stats["dirty_bytes"].as_u64().unwrap(), 32 * 4096, "{stats}");
+    drop((ch, d));
+    unregister(&h, pc);
+    unregister(&h, origin);
+    unregister(&h, Bdev::lookup("vb_pmem").unwrap());
+}
+
+#[test]
+fn a_cache_formatted_for_another_origin_is_refused_without_format() {
+    let h = Harness::new(1);
+    let pm: Arc<dyn Pmem> = Arc::new(PmemFile::anonymous(64 << 20).unwrap());
+    bdev::pmem::create_with("mm_pmem", pm, 4096).unwrap();
+    let a = malloc::create(MallocCreateParams::new("mm_a", 1024, 4096)).unwrap();
+    let b = malloc::create(MallocCreateParams::new("mm_b", 1024, 4096)).unwrap();
+    let pc = h.run_on(0, || {
+        cache::vbdev::create(params("mm_cache", "mm_pmem", "mm_a")).unwrap()
+    });
+    unregister(&h, pc);
+    let e = h.run_on(0, || {
+        cache::vbdev::create(params("mm_cache", "mm_pmem", "mm_b")).unwrap_err()
+    });
+    assert_eq!(e.errno(), libc::EINVAL);
+    assert!(e.to_string().contains("format"), "{e}");
+    let mut p = params("mm_cache", "mm_pmem", "mm_b");
+    p.format = true;
+    let pc = h.run_on(0, || cache::vbdev::create(p).unwrap());
+    unregister(&h, pc);
+    unregister(&h, a);
+    unregister(&h, b);
+    unregister(&h, Bdev::lookup("mm_pmem").unwrap());
+}
