@@ -12,6 +12,16 @@ impl From<BdevError> for RpcError {
     }
 }
 
+/// For modules whose failures are about the request itself (a bad file, a size mismatch): the
+/// errno with a message saying what was wrong; existence errors keep SPDK's strerror text.
+pub fn detailed_error(e: &BdevError) -> RpcError {
+    tracing::error!("{e}");
+    match e {
+        BdevError::Exists(_) | BdevError::NoSuchDevice(_) => RpcError::errno(e.errno()),
+        _ => RpcError::errno_msg(e.errno(), e.to_string()),
+    }
+}
+
 /// The SPDK-shaped error for a failed create/delete: the errno with its strerror text.
 pub fn answer<T: Into<Value>>(r: Responder, result: Result<T, BdevError>) {
     match result {

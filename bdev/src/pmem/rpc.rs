@@ -7,8 +7,7 @@
 //! emulates otherwise, "emulated" never uses MAP_SYNC, "msync" makes a file on an ordinary disk
 //! durable with msync at FLUSH.
 
-use crate::BdevError;
-use ::rpc::{Responder, RpcError, StateMask};
+use ::rpc::{Responder, StateMask};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
@@ -66,22 +65,13 @@ pub struct PmemDeleteParams {
     pub name: String,
 }
 
-/// Existence errors answer SPDK's strerror text; the others say what was wrong with the request.
-fn rpc_error(e: &BdevError) -> RpcError {
-    tracing::error!("{e}");
-    match e {
-        BdevError::Exists(_) | BdevError::NoSuchDevice(_) => RpcError::errno(e.errno()),
-        _ => RpcError::errno_msg(e.errno(), e.to_string()),
-    }
-}
-
 pub fn register_rpcs() {
     ::rpc::register(
         "bdev_pmem_create",
         StateMask::RUNTIME,
         |p: PmemCreateParams, r: Responder| match super::create(p) {
             Ok(b) => r.ok(json!(b.name())),
-            Err(e) => r.err(rpc_error(&e)),
+            Err(e) => r.err(crate::rpc::detailed_error(&e)),
         },
     );
     ::rpc::register(

@@ -1,7 +1,6 @@
 //! `bdev_uring_create` / `bdev_uring_delete` with SPDK's parameters.
 
-use crate::BdevError;
-use ::rpc::{Responder, RpcError, StateMask};
+use ::rpc::{Responder, StateMask};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
@@ -36,22 +35,13 @@ pub struct UringDeleteParams {
     pub name: String,
 }
 
-/// Existence errors answer SPDK's strerror text; the others say what was wrong with the request.
-fn rpc_error(e: &BdevError) -> RpcError {
-    tracing::error!("{e}");
-    match e {
-        BdevError::Exists(_) | BdevError::NoSuchDevice(_) => RpcError::errno(e.errno()),
-        _ => RpcError::errno_msg(e.errno(), e.to_string()),
-    }
-}
-
 pub fn register_rpcs() {
     ::rpc::register(
         "bdev_uring_create",
         StateMask::RUNTIME,
         |p: UringCreateParams, r: Responder| match super::create(p) {
             Ok(b) => r.ok(json!(b.name())),
-            Err(e) => r.err(rpc_error(&e)),
+            Err(e) => r.err(crate::rpc::detailed_error(&e)),
         },
     );
     ::rpc::register(
