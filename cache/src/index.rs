@@ -371,6 +371,58 @@ impl<'a> Held<'a> {
     }
 }
 
+/// Access to the state of the shards an operation holds.
+trait Hold {
+    fn get(&mut self, shard: usize) -> &mut ShardState;
+}
+
+impl Hold for Held<'_> {
+    fn get(&mut self, shard: usize) -> &mut ShardState {
+        Held::get(self, shard)
+    }
+}
+
+/// Every shard an ordered insert touches, locked up front (two inline; more only for unmaps).
+#[derive(Default)]
+struct HeldAll<'a> {
+    two: [Option<(usize, MutexGuard<'a, ShardState>)>; 2],
+    more: Vec<(usize, MutexGuard<'a, ShardState>)>,
+}
+
+impl<'a> HeldAll<'a> {
+    fn has(&self, shard: usize) -> bool {
+        self.two.iter().flatten().any(|(s, _)| *s == shard)
+            || self.more.iter().any(|(s, _)| *s == shard)
+    }
+
+    fn push(&mut self, shard: usize, g: MutexGuard<'a, ShardState>) {
+        match self.two.iter_mut().find(|x| x.is_none()) {
+            Some(slot) => *slot = Some((shard, g)),
+            None => self.more.push((shard, g)),
+        }
+    }
+}
+
+impl Hold for HeldAll<'_> {
+    fn get(&mut self, shard: usize) -> &mut ShardState {
+        let in_two = self
+            .two
+            .iter()
+            .position(|x| matches!(x, Some((s, _)) if *s == shard));
+        match in_two {
+            Some(i) => match &mut self.two[i] {
+                Some((_, g)) => g,
+                None => unreachable!("position found a filled slot"),
+            },
+            None => match self.more.iter_mut().find(|(s, _)| *s == shard) {
+                Some((_, g)) => g,
+                // Every shard of the extent was locked before the insert began.
+                None => unreachable!("shard {shard} was not locked for this insert"),
+            },
+        }
+    }
+}
+
 /// One region's share of a range: region number, its first block, offsets [a, b).
 #[derive(Clone, Copy)]
 struct Span {
@@ -518,8 +570,50 @@ impl Index {
     /// dirty, until `zero_written_back`.
     pub fn insert(&self, e: &Extent) -> Result<Displaced, IndexError> {
         let end = self.check(e)?;
+        Ok(self.insert_held(e, end, &mut Held::new(self)))
+    }
+
+    /// `insert`, with the write's sequence number taken from `seq` while every shard the extent
+    /// touches is locked. For any block the order of inserts and the order of sequence numbers then
+    /// agree across threads, so replay (newest sequence wins) rebuilds exactly what readers saw.
+    /// Shards are locked in ascending order, so two inserts never wait on each other in a cycle.
+    pub fn insert_ordered(
+        &self,
+        e: &Extent,
+        seq: &AtomicU64,
+    ) -> Result<(Displaced, u64), IndexError> {
+        let end = self.check(e)?;
+        let first = e.lba >> self.region_shift;
+        let last = (end - 1) >> self.region_shift;
+        let mut held = HeldAll::default();
+        if last - first >= self.shards.len() as u64 {
+            for shard in 0..self.shards.len() {
+                held.push(shard, self.lock(shard));
+            }
+        } else {
+            let (a, b) = (self.shard_of(first), self.shard_of(last));
+            if last == first || (last - first == 1 && a != b) {
+                // The common case: a data key in one or two regions, no allocation.
+                for shard in [a.min(b), a.max(b)] {
+                    if !held.has(shard) {
+                        held.push(shard, self.lock(shard));
+                    }
+                }
+            } else {
+                let mut shards: Vec<usize> = (first..=last).map(|r| self.shard_of(r)).collect();
+                shards.sort_unstable();
+                shards.dedup();
+                for shard in shards {
+                    held.push(shard, self.lock(shard));
+                }
+            }
+        }
+        let n = seq.fetch_add(1, Ordering::AcqRel);
+        Ok((self.insert_held(e, end, &mut held), n))
+    }
+
+    fn insert_held(&self, e: &Extent, end: u64, held: &mut impl Hold) -> Displaced {
         let mut cut = Cutting::default();
-        let mut held = Held::new(self);
         let mut cur = e.lba;
         while cur < end {
             let s = self.span(cur, end);
@@ -542,7 +636,7 @@ impl Index {
             self.stamp(shard, st, s);
             cur = s.base + u64::from(s.b);
         }
-        Ok(cut.into())
+        cut.into()
     }
 
     /// Read-fill: maps the still-unmapped blocks of the extent, provided no mapping in its range

@@ -376,3 +376,95 @@ fn one_hot_region_under_every_thread() {
     });
     assert_eq!(idx.stats().cached_blocks, cached);
 }
+
+/// Threads racing on the same blocks with `insert_ordered`: for every block, the extent the index
+/// keeps is the one with the highest sequence number (what replay would pick).
+#[test]
+fn ordered_inserts_agree_with_their_sequence_numbers() {
+    use cache::index::{Extent, Index, IndexConfig, Piece};
+    use std::sync::atomic::AtomicU64;
+    let mut cfg = IndexConfig::new(4096);
+    cfg.region_blocks = 8;
+    cfg.shards = 4;
+    let index = std::sync::Arc::new(Index::new(cfg).unwrap());
+    let seq = std::sync::Arc::new(AtomicU64::new(1));
+    // (sequence, lba, len, pos) of every insert.
+    let mut all: Vec<(u64, u64, u64, u64)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (index, seq) = (index.clone(), seq.clone());
+                s.spawn(move || {
+                    let mut mine = Vec::new();
+                    for i in 0..5000u64 {
+                        // Keys of 1..3 blocks over 16 blocks: many cross a region (and shard) edge.
+                        let lba = (i * 7 + t * 3) % 14;
+                        let len = 1 + (i + t) % 3;
+                        let pos = (t << 24) | (i << 2);
+                        let e = Extent::key(lba, len as u32, pos, 0, true);
+                        let (_, n) = index.insert_ordered(&e, &seq).unwrap();
+                        mine.push((n, lba, len, pos));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    all.sort_unstable();
+    let mut expect = [None::<u64>; 16];
+    for (_, lba, len, pos) in &all {
+        for b in 0..*len {
+            expect[(lba + b) as usize] = Some(pos + b);
+        }
+    }
+    for (block, want) in expect.iter().enumerate() {
+        let mut got = None;
+        index.lookup(block as u64, 1, |p| {
+            if let Piece::Hit(e) = p {
+                got = Some(e.pos);
+            }
+        });
+        assert_eq!(got, *want, "block {block}");
+    }
+}
+
+/// Two threads insert the same block at the same moment, many times over: the index must keep the
+/// one with the higher sequence number every time.
+#[test]
+fn racing_ordered_inserts_keep_the_higher_sequence() {
+    use cache::index::{Extent, Index, IndexConfig, Piece};
+    use std::sync::atomic::AtomicU64;
+    use std::sync::{Arc, Barrier};
+    let index = Arc::new(Index::new(IndexConfig::new(4096)).unwrap());
+    let seq = Arc::new(AtomicU64::new(1));
+    for round in 0..1000u64 {
+        let barrier = Arc::new(Barrier::new(2));
+        let results: Vec<(u64, u64)> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..2u64)
+                .map(|t| {
+                    let (index, seq, barrier) = (index.clone(), seq.clone(), barrier.clone());
+                    s.spawn(move || {
+                        let pos = round * 2 + t;
+                        barrier.wait();
+                        let (_, n) = index
+                            .insert_ordered(&Extent::key(5, 1, pos, 0, true), &seq)
+                            .unwrap();
+                        (n, pos)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let want = results.iter().max().unwrap().1;
+        let mut got = None;
+        index.lookup(5, 1, |p| {
+            if let Piece::Hit(e) = p {
+                got = Some(e.pos);
+            }
+        });
+        assert_eq!(got, Some(want), "round {round}");
+    }
+}
