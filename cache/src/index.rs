@@ -608,7 +608,8 @@ impl Index {
                 }
             }
         }
-        let n = seq.fetch_add(1, Ordering::AcqRel);
+        // SeqCst, like every other taker of the write sequence (writeback reasons about it).
+        let n = seq.fetch_add(1, Ordering::SeqCst);
         Ok((self.insert_held(e, end, &mut held), n))
     }
 

@@ -7,6 +7,7 @@ use crate::lane::Lane;
 use crate::log::{LaneShared, LogCtx};
 use crate::params::{CacheMode, CreateParams};
 use crate::segments::SegmentTable;
+use crate::writeback::WritebackShared;
 use bdev::{BdevChannel, BdevDesc, BdevIo};
 use pmem::Pmem;
 use poller::{IoDevice, PollStatus, Poller};
@@ -30,6 +31,10 @@ pub struct Stats {
     pub origin_errors: AtomicU64,
     pub deferred_writes: AtomicU64,
     pub keysets_sealed: AtomicU64,
+    /// Bytes written (or zeroed) on the origin by writeback, batches committed, keys written.
+    pub writeback_bytes: AtomicU64,
+    pub writeback_batches: AtomicU64,
+    pub writeback_keys: AtomicU64,
 }
 
 impl Stats {
@@ -71,6 +76,8 @@ pub struct Cache {
     pub cache_desc: Mutex<Option<BdevDesc>>,
     /// Per-thread lane channels (a separate io_device so FLUSH can visit every thread's lane).
     pub lanes: IoDevice<LaneChannel>,
+    /// What the writeback engine shares with the data path and the RPCs.
+    pub wb: WritebackShared,
 }
 
 impl Cache {
@@ -112,6 +119,7 @@ impl Cache {
                 origin_desc: Mutex::new(None),
                 cache_desc: Mutex::new(None),
                 lanes: IoDevice::new(name, move || LaneChannel::create(&weak)),
+                wb: WritebackShared::new(next_seq.saturating_sub(1)),
             }
         })
     }
@@ -170,9 +178,31 @@ impl Cache {
         Ok(())
     }
 
-    /// A new key's sequence number.
-    pub fn next_seq(&self) -> u64 {
-        self.seq.fetch_add(1, Ordering::Relaxed)
+    /// A new key's sequence number, for a key `lane` will append. The lane's "min open seq" is
+    /// published first (SeqCst, as the increment), so writeback, which reads `seq` and then every
+    /// lane's bound, never takes a taken-but-unsealed key's `seq` as durable.
+    pub fn take_seq(&self, lane: &Lane) -> u64 {
+        let shared = lane.log.shared();
+        if shared.min_open_seq().is_none() {
+            shared.open_from(self.seq.load(Ordering::SeqCst));
+        }
+        self.seq.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Indexes a write's extent and gives it its sequence number, taken under the index lock so
+    /// that for every block the index's newest version is the log's highest sequence (replay and
+    /// writeback agree with what readers saw). The lane's "min open seq" is published first, as in
+    /// `take_seq`.
+    pub fn insert_ordered(
+        &self,
+        lane: &Lane,
+        e: &crate::index::Extent,
+    ) -> Result<u64, crate::index::IndexError> {
+        let shared = lane.log.shared();
+        if shared.min_open_seq().is_none() {
+            shared.open_from(self.seq.load(Ordering::SeqCst));
+        }
+        self.index.insert_ordered(e, &self.seq).map(|(_, seq)| seq)
     }
 
     pub fn key_for(
@@ -255,6 +285,13 @@ impl LaneChannel {
 
     fn poll(&self) -> PollStatus {
         let mut busy = false;
+        // Between I/Os no sequence number is in hand: an empty open key-set bounds nothing
+        // (a promotion that took a `seq` and then did not fill leaves a bound behind).
+        if let Some(lane) = self.lane.borrow().as_ref()
+            && lane.log.open_keys().is_empty()
+        {
+            lane.log.shared().clear_open();
+        }
         if !self.awaiting_seal.borrow().is_empty() {
             if let Err(e) = self.seal() {
                 tracing::error!(cache = %self.cache.name, "sealing a key-set failed: {e}");

@@ -35,6 +35,7 @@ const MISS_VERSION: usize = 3;
 impl BdevChannelOps for CacheBdevChannel {
     fn submit_request(&self, mut io: BdevIo) {
         io.driver_ctx()[DONE] = 0;
+        self.cache.wb.note_io(self.origin.now());
         match io.io_type() {
             IoType::Read => read_continue(self, io),
             IoType::Write => match self.cache.mode() {
@@ -89,16 +90,12 @@ fn write_continue(lane_ch: &LaneChannel, mut io: BdevIo) {
             return;
         }
         let key_lba = lba + u64::from(done);
-        let seq = cache.next_seq();
-        if cache
-            .index
-            .insert(&Extent::key(key_lba, space.blocks, pos, crc, true))
-            .is_err()
-        {
+        let extent = Extent::key(key_lba, space.blocks, pos, crc, true);
+        let Ok(seq) = cache.insert_ordered(lane, &extent) else {
             drop(lane_ref);
             io.fail(libc::EINVAL);
             return;
-        }
+        };
         let key = cache.key_for(seq, key_lba, space.blocks, &space, crc, true);
         if lane.log.append(key)
             && let Err(e) = lane.seal(&cache.log_ctx())
@@ -137,16 +134,17 @@ fn zero_range(lane_ch: &LaneChannel, io: BdevIo) {
     let mut done = 0u64;
     while done < total {
         let blocks = (total - done).min(u64::from(u32::MAX)) as u32;
-        let seq = cache.next_seq();
-        if cache
-            .index
-            .insert(&Extent::zero(lba + done, blocks, true))
-            .is_err()
-        {
+        // Writeback drops written-back ZERO entries only when no newer tombstone can be in the
+        // index; the lock makes "seq taken, ZERO inserted, recorded" one step for it.
+        let unmap_guard = cache.wb.unmap_guard();
+        let Ok(seq) = cache.insert_ordered(lane, &Extent::zero(lba + done, blocks, true)) else {
+            drop(unmap_guard);
             drop(lane_ref);
             io.fail(libc::EINVAL);
             return;
-        }
+        };
+        cache.wb.note_unmap(seq);
+        drop(unmap_guard);
         let key = crate::format::Key {
             seq,
             origin_off: lba + done,
@@ -189,6 +187,10 @@ fn read_continue(ch: &CacheBdevChannel, mut io: BdevIo) {
     let mut miss: Option<(u64, u32)> = None;
     let mut hits = 0u64;
     let mut err = 0i32;
+    let mut bad_clean: Option<Extent> = None;
+    // Taken before the lookup: a write that lands after it changes the version, so the miss read
+    // that follows cannot cache origin data over it (a write before it shows as a hit instead).
+    let version = cache.index.range_version(lba + done, (total - done) as u32);
     let iovs: &[IoVec] = io.iovs();
     cache
         .index
@@ -209,6 +211,9 @@ fn read_continue(ch: &CacheBdevChannel, mut io: BdevIo) {
                 Piece::Hit(e) => {
                     if let Err(errno) = copy_hit(cache, &e, iovs, ((e.lba - lba) * bs) as usize) {
                         err = errno;
+                        if errno == CLEAN_CRC_ERROR {
+                            bad_clean = Some(e);
+                        }
                         return;
                     }
                     hits += u64::from(e.len);
@@ -216,6 +221,14 @@ fn read_continue(ch: &CacheBdevChannel, mut io: BdevIo) {
             }
         });
     Stats::add(&cache.stats.bytes_read_cache, hits * bs);
+    if let Some(e) = bad_clean {
+        // Drop the damaged clean copy; the next lookup sees a miss and reads the origin.
+        let end = e.orig_pos + u64::from(e.orig_len);
+        cache.index.evict(e.lba, e.len, e.orig_pos, end, |_, _| {});
+        io.driver_ctx()[DONE] = word;
+        read_continue(ch, io);
+        return;
+    }
     if err != 0 {
         io.fail(err);
         return;
@@ -235,7 +248,7 @@ fn read_continue(ch: &CacheBdevChannel, mut io: BdevIo) {
     ctx[DONE] = (m + u64::from(len) - lba) | seen | SAW_MISS;
     ctx[MISS_LBA] = m;
     ctx[MISS_LEN] = u64::from(len);
-    ctx[MISS_VERSION] = cache.index.range_version(m, len);
+    ctx[MISS_VERSION] = version;
     // The origin reads straight into the caller's buffer; a scratch iovec list per miss.
     let mut sub = [empty_iov(); 16];
     let Some(n) = iov::slice_to(
@@ -264,14 +277,16 @@ fn empty_iov() -> IoVec {
     unsafe { IoVec::new(std::ptr::NonNull::dangling().as_ptr(), 0) }
 }
 
+/// `copy_hit`'s answer for clean data that fails its crc: the origin has a good copy.
+const CLEAN_CRC_ERROR: i32 = -1;
+
 /// Copies a hit out of pmem into the caller's buffer at byte `dst_off`, checking its crc first.
 fn copy_hit(cache: &Cache, e: &Extent, iovs: &[IoVec], dst_off: usize) -> Result<(), i32> {
     if cache.data_crc && !crc_ok(cache, e) {
         Stats::add(&cache.stats.crc_errors, 1);
         tracing::error!(cache = %cache.name, lba = e.lba, blocks = e.len, dirty = e.dirty, "cached data fails its crc");
-        // Dirty data has no other copy: fail rather than return wrong bytes. (Clean data could be
-        // re-read from the origin; until eviction lands, fail it too.)
-        return Err(libc::EIO);
+        // Dirty data has no other copy: fail rather than return wrong bytes.
+        return Err(if e.dirty { libc::EIO } else { CLEAN_CRC_ERROR });
     }
     let mut at = cache.pos_offset(e.pos);
     let bytes = e.len as usize * cache.block_size as usize;
@@ -357,7 +372,7 @@ fn promote(ch: &CacheBdevChannel, io: &BdevIo, m: u64, len: u32, version: u64) {
             at += src.len() as u64;
         });
         let key_lba = m + u64::from(done);
-        let seq = cache.next_seq();
+        let seq = cache.take_seq(lane);
         if let Ok(n) = cache.index.fill(
             &Extent::key(key_lba, space.blocks, pos, crc, false),
             version,

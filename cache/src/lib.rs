@@ -1,7 +1,8 @@
 //! The pcache vbdev: a crash-safe write-back cache on persistent memory in front of an origin bdev.
 //! The on-media format is specified in docs/format.md; docs/architecture.md tells how the pieces
 //! fit. Built so far: the format (`format`), the DRAM index (`index`), segment allocation
-//! (`segments`), the lanes' key logs (`log`) and the parameters (`params`).
+//! (`segments`), the lanes' key logs (`log`), the parameters (`params`) and the writeback engine
+//! (`writeback`).
 
 pub mod format;
 pub mod index;
@@ -14,3 +15,4 @@ pub mod replay;
 pub mod rpc;
 pub mod segments;
 pub mod vbdev;
+pub mod writeback;

@@ -17,10 +17,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What the lane's owner shares with the management thread (writeback and GC): how far the log
-/// is durable. Packed as (segment << 32 | offset) so it is published with one store.
+/// is durable (packed as (segment << 32 | offset) so it is published with one store), and the
+/// smallest `seq` that may still sit in the lane's open key-set.
 #[derive(Default)]
 pub struct LaneShared {
     persisted_head: AtomicU64,
+    /// A lower bound of every `seq` the owner has taken but not yet sealed; 0: none (`seq`
+    /// starts at 1). Set *before* the owner takes a sequence number (see `Cache::take_seq`), so
+    /// a writeback thread that reads the global sequence and then this never misses a key that
+    /// is taken but not yet durable.
+    min_open_seq: AtomicU64,
 }
 
 impl LaneShared {
@@ -29,6 +35,30 @@ impl LaneShared {
         LogPos {
             seg: (v >> 32) as u32,
             off: v as u32,
+        }
+    }
+
+    /// The lower bound of the `seq`s still open in this lane (None: every key is sealed).
+    pub fn min_open_seq(&self) -> Option<u64> {
+        match self.min_open_seq.load(Ordering::SeqCst) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+
+    /// The owner is about to take a `seq` of at least `lower_bound`; keeps an earlier bound.
+    pub fn open_from(&self, lower_bound: u64) {
+        if self.min_open_seq.load(Ordering::Relaxed) == 0 {
+            self.min_open_seq
+                .store(lower_bound.max(1), Ordering::SeqCst);
+        }
+    }
+
+    /// The owner holds no taken-but-unsealed `seq` (after a seal, or between I/Os with an empty
+    /// open key-set). Called after the persisted head is published.
+    pub fn clear_open(&self) {
+        if self.min_open_seq.load(Ordering::Relaxed) != 0 {
+            self.min_open_seq.store(0, Ordering::SeqCst);
         }
     }
 
@@ -126,6 +156,7 @@ impl LaneLog {
     /// Writes the open key-set to pmem and makes it durable (with the data it names).
     pub fn seal(&mut self, ctx: &LogCtx) -> Result<(), LogError> {
         if self.open.is_empty() {
+            self.shared.clear_open();
             return Ok(());
         }
         let size = kset_size(self.open.len()) as u32;
@@ -142,6 +173,7 @@ impl LaneLog {
         self.next_seq += 1;
         self.open.clear();
         self.shared.publish(self.head);
+        self.shared.clear_open();
         Ok(())
     }
 

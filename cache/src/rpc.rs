@@ -79,6 +79,11 @@ pub fn stats_json(cache: &Cache) -> Value {
         "tails": tails,
         "crc_errors": g(&s.crc_errors),
         "origin_errors": g(&s.origin_errors),
+        "writeback_bytes": g(&s.writeback_bytes),
+        "writeback_batches": g(&s.writeback_batches),
+        "writeback_keys": g(&s.writeback_keys),
+        "writeback_rate": cache.wb.rate(),
+        "flush_in_progress": cache.wb.flush_target().is_some_and(|t| t > meta.tails.written_back_seq),
     })
 }
 
@@ -102,5 +107,22 @@ pub fn register_rpcs() {
         "bdev_pcache_get_stats",
         StateMask::RUNTIME,
         |p: NameParams, r: Responder| r.result(cache_named(&p.name).map(|c| stats_json(&c))),
+    );
+    rpc::register(
+        "bdev_pcache_flush_start",
+        StateMask::RUNTIME,
+        |p: NameParams, r: Responder| {
+            r.result(cache_named(&p.name).map(|c| {
+                crate::writeback::flush_start(&c);
+                json!(true)
+            }))
+        },
+    );
+    rpc::register(
+        "bdev_pcache_flush_status",
+        StateMask::RUNTIME,
+        |p: NameParams, r: Responder| {
+            r.result(cache_named(&p.name).map(|c| crate::writeback::flush_status(&c)))
+        },
     );
 }

@@ -112,6 +112,8 @@ fn info_json(cache: &Cache) -> Value {
 /// Clean shutdown: every lane sealed, then the cache info marked clean. Dirty data stays in pmem
 /// and is found again by the next create.
 fn shutdown(cache: &Cache) {
+    // Writeback submits and persists nothing more; its poller goes once its I/O has completed.
+    cache.wb.stop();
     if let Err(e) = cache.seal_free_lanes() {
         tracing::error!(cache = %cache.name, "sealing lanes at shutdown failed: {e}");
         return;
@@ -208,6 +210,8 @@ pub fn create(params: CreateParams) -> Result<Bdev, BdevError> {
     let cache = attach(&params, pmem, origin)?;
     *cache.origin_desc.lock().unwrap_or_else(|p| p.into_inner()) = Some(origin_desc);
     *cache.cache_desc.lock().unwrap_or_else(|p| p.into_inner()) = Some(cache_desc);
+    // Writeback runs on this (the management) thread until shutdown stops it.
+    crate::writeback::start(&cache).map_err(|e| err(libc::ENOMEM, e))?;
 
     let mut props = BdevProps::new(&name, MODULE, "pcache", origin.block_size, origin.blocks);
     props.uuid = params.uuid;

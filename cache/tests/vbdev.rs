@@ -192,3 +192,78 @@ fn a_cache_formatted_for_another_origin_is_refused_without_format() {
     unregister(&h, b);
     unregister(&h, Bdev::lookup("mm_pmem").unwrap());
 }
+
+#[test]
+fn flipped_bytes_in_pmem_are_never_returned_as_data() {
+    let h = Harness::new(1);
+    let pm: Arc<dyn Pmem> = Arc::new(PmemFile::anonymous(64 << 20).unwrap());
+    bdev::pmem::create_with("fl_pmem", pm.clone(), 4096).unwrap();
+    let origin = malloc::create(MallocCreateParams::new("fl_origin", 1024, 4096)).unwrap();
+    let pc = h.run_on(0, || {
+        cache::vbdev::create(params("fl_cache", "fl_pmem", "fl_origin")).unwrap()
+    });
+    let cache = cache::vbdev::cache_of(&pc).unwrap();
+    let (d, ch) = open(&h, "fl_cache");
+    // Block 10: dirty (written through the cache). Block 20: clean (a miss, promoted; the origin
+    // holds zeroes there).
+    let w = block(77);
+    h.run_on(0, || {
+        ch.write(
+            &[iov(&w)],
+            10,
+            1,
+            IoFlags::default(),
+            record,
+            IoCtx::Word(1),
+        )
+        .unwrap()
+    });
+    assert_eq!(wait(&h, 1), vec![(1, true)]);
+    let r = DmaBuf::new(4096, 4096).unwrap();
+    h.run_on(0, || {
+        ch.read(&[iov(&r)], 20, 1, record, IoCtx::Word(2)).unwrap()
+    });
+    assert_eq!(wait(&h, 1), vec![(2, true)]);
+    let flip = |lba: u64| {
+        let mut pos = None;
+        cache.index.lookup(lba, 1, |p| {
+            if let cache::index::Piece::Hit(e) = p {
+                pos = Some(e.pos);
+            }
+        });
+        let at = cache.pos_offset(pos.expect("cached")) + 123;
+        let mut b = [0u8; 1];
+        pm.read(at, &mut b).unwrap();
+        pm.write(at, &[b[0] ^ 0xff]).unwrap();
+    };
+    flip(10);
+    flip(20);
+    let mut r = DmaBuf::new(4096, 4096).unwrap();
+    r.as_mut_slice().fill(0xAA);
+    h.run_on(0, || {
+        ch.read(&[iov(&r)], 10, 1, record, IoCtx::Word(3)).unwrap()
+    });
+    assert_eq!(
+        wait(&h, 1),
+        vec![(3, false)],
+        "dirty data failing its crc is an error, not data"
+    );
+    h.run_on(0, || {
+        ch.read(&[iov(&r)], 20, 1, record, IoCtx::Word(4)).unwrap()
+    });
+    assert_eq!(
+        wait(&h, 1),
+        vec![(4, true)],
+        "clean data failing its crc is re-read from the origin"
+    );
+    assert!(
+        r.as_slice().iter().all(|b| *b == 0),
+        "the origin's bytes, not the flipped ones"
+    );
+    let stats = cache::rpc::stats_json(&cache);
+    assert_eq!(stats["crc_errors"].as_u64().unwrap(), 2, "{stats}");
+    drop((ch, d, cache));
+    unregister(&h, pc);
+    unregister(&h, origin);
+    unregister(&h, Bdev::lookup("fl_pmem").unwrap());
+}

@@ -1,0 +1,956 @@
+//! Writeback: the background engine that copies dirty data to the origin in log order, so the
+//! origin always holds a prefix of the write history (docs/format.md, "Tails").
+//!
+//! One engine per cache, a poller on the thread that created the cache (the management thread),
+//! registered at create and stopped at shutdown. A round ("batch"):
+//!
+//! 1. **Bound.** S, the largest `seq` below which every key is durable: the global sequence minus
+//!    one, and for every lane holding taken-but-unsealed keys, its "min open seq" minus one
+//!    ([`LaneShared::min_open_seq`]). Then every lane's persisted head is read: keys up to S are
+//!    all in the lanes' logs before those heads. Reading stops at each head: a key-set past it
+//!    may still be in flight.
+//! 2. **Gather.** The lanes' logs are read from their dirty tails and merged by `seq`; DIRTY keys
+//!    above the written-back sequence and up to S are taken, at most [`BATCH_KEYS`] keys and
+//!    [`BATCH_BYTES`] of data (one key always fits). `covered` is the `seq` every key up to which
+//!    has been considered: S when the merge ran out, else one below the first key left over.
+//!    Data is copied into a bounce buffer (allocated once) and, with data_crc, checked: a key whose
+//!    data fails its crc (or whose segment was reclaimed) is never written — the batch ends before
+//!    it, it stays dirty and writeback stops there for good (counted, logged loudly).
+//! 3. **Write.** Within a batch, each block is written only in its newest version (later keys win
+//!    over earlier ones, tombstones included), so the pieces are disjoint and all go out at once.
+//!    Tombstones become WRITE_ZEROES on the origin (UNMAP when it has no WRITE_ZEROES): the cache
+//!    promised zeroes for that range, and an UNMAP need not read back as zeroes.
+//! 4. **Flush** the origin, then **persist** the tails (written-back sequence = `covered`; each
+//!    lane's dirty tail = its first key-set holding a key above it), then **clean the index**:
+//!    `mark_clean` for each written data key (only entries still pointing at its data change).
+//! 5. Errors from the origin (a write, zeroing or flush failing) are counted in `origin_errors`
+//!    and the failed step is retried after a back-off doubling from 1 ms to 1 s; nothing is
+//!    dropped and the engine never gives up.
+//!
+//! **Tombstones in the index.** A dirty tombstone is a dirty ZERO extent; `zero_written_back` drops
+//! ZERO extents by range, without telling one tombstone from a newer one. Dropping a newer, still
+//! dirty tombstone would let reads reach the origin, which may hold data written between the two.
+//! So written-back tombstone ranges are kept pending and dropped only once no tombstone newer than
+//! the written-back sequence exists: every tombstone takes its `seq`, enters the index and records
+//! its `seq` in `max_unmap_seq` under one short lock (unmaps only), and the engine checks
+//! `max_unmap_seq ≤ written_back_seq` under the same lock around its `zero_written_back` calls.
+//! Until then those ZERO extents stay marked dirty although the origin has them (they read as
+//! zeroes either way); pending ranges beyond [`PENDING_ZERO_MAX`] are forgotten and stay so.
+//!
+//! **Throttling** ([`batch_interval_us`]): a proportional controller toward the dirty target
+//! (`writeback_dirty_target`, percent of capacity). At or below the target, one batch per
+//! [`SLOW_INTERVAL_US`]; above it the pause between batches shrinks in proportion to how far
+//! dirty data is over the target, reaching zero (back to back) when the cache is full of dirty
+//! data; no pause at all while no foreground I/O came for [`IDLE_AFTER_US`] or a flush
+//! (`bdev_pcache_flush_start`) is in progress. `writeback_rate_limit` (bytes/s, 0: none) bounds
+//! every mode: after a batch of n bytes the next waits at least n / limit seconds. (bcache adds an
+//! integral term; with whole batches as the unit of work a proportional term was enough so far.)
+
+use crate::format::{self, Key, KsetError, KsetId, LogPos, MAX_KSET_SIZE};
+use crate::instance::{Cache, Stats};
+use crate::segments::cache_pos;
+use bdev::{BdevChannel, BdevIo, DmaBuf, IoCtx, IoFlags, IoType, IoVec};
+use poller::{PollStatus, Poller, Thread};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Most keys in a batch.
+pub const BATCH_KEYS: usize = 256;
+/// Data in a batch, soft limit (a single key larger than this goes alone).
+pub const BATCH_BYTES: usize = 8 << 20;
+/// Pause between batches at or below the dirty target.
+pub const SLOW_INTERVAL_US: u64 = 100_000;
+/// No foreground I/O for this long: full speed.
+pub const IDLE_AFTER_US: u64 = 1_000_000;
+const BACKOFF_MIN_US: u64 = 1_000;
+const BACKOFF_MAX_US: u64 = 1_000_000;
+/// Key-sets one gather reads at most (a log full of clean keys is crossed over several rounds).
+const KSET_BUDGET: usize = 4096;
+/// Written-back tombstone ranges kept for `zero_written_back`.
+pub const PENDING_ZERO_MAX: usize = 4096;
+
+/// What the engine shares with the data path, the RPCs and shutdown.
+pub struct WritebackShared {
+    stop: AtomicBool,
+    /// `bdev_pcache_flush_start`'s target sequence (0: no flush asked).
+    flush_target: AtomicU64,
+    /// Tick of the latest foreground I/O (stored at most every [`NOTE_IO_EVERY_US`]).
+    last_io_tick: AtomicU64,
+    /// The highest `seq` of any tombstone put in the index (see the module doc).
+    max_unmap_seq: AtomicU64,
+    unmap_lock: Mutex<()>,
+    /// Writeback bytes per second, over the latest second or more.
+    rate: AtomicU64,
+    /// A for_each_channel seal walk, asked by the engine, has not come back yet.
+    seal_walk: Arc<AtomicBool>,
+}
+
+const NOTE_IO_EVERY_US: u64 = 1_000;
+
+impl WritebackShared {
+    /// `last_seq`: the highest `seq` replay found (tombstones up to it may be in the index).
+    pub fn new(last_seq: u64) -> WritebackShared {
+        WritebackShared {
+            stop: AtomicBool::new(false),
+            flush_target: AtomicU64::new(0),
+            last_io_tick: AtomicU64::new(0),
+            max_unmap_seq: AtomicU64::new(last_seq),
+            unmap_lock: Mutex::new(()),
+            rate: AtomicU64::new(0),
+            seal_walk: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A foreground I/O at tick `now` (cheap: a shared store only once a millisecond).
+    #[inline]
+    pub fn note_io(&self, now: u64) {
+        let last = self.last_io_tick.load(Ordering::Relaxed);
+        if now > last && now - last >= note_io_ticks() {
+            self.last_io_tick.store(now, Ordering::Relaxed);
+        }
+    }
+
+    pub fn unmap_guard(&self) -> MutexGuard<'_, ()> {
+        self.unmap_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A tombstone with this `seq` is in the index (called under [`Self::unmap_guard`]).
+    pub fn note_unmap(&self, seq: u64) {
+        self.max_unmap_seq.fetch_max(seq, Ordering::SeqCst);
+    }
+
+    /// Asks the engine to write back every key up to `target` now, ignoring the dirty target.
+    pub fn request_flush(&self, target: u64) {
+        self.flush_target.fetch_max(target, Ordering::SeqCst);
+    }
+
+    /// The flush target still to reach, if a flush is asked.
+    pub fn flush_target(&self) -> Option<u64> {
+        match self.flush_target.load(Ordering::SeqCst) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    pub fn rate(&self) -> u64 {
+        self.rate.load(Ordering::Relaxed)
+    }
+
+    /// Shutdown: the engine submits nothing more, persists nothing more, and unregisters once
+    /// its I/O in flight has completed.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn note_io_ticks() -> u64 {
+    static T: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *T.get_or_init(|| poller::time::us_to_ticks(NOTE_IO_EVERY_US))
+}
+
+/// The controller's inputs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Throttle {
+    pub dirty_bytes: u64,
+    pub capacity_bytes: u64,
+    /// Percent of capacity (0–100).
+    pub target_percent: u32,
+    /// No foreground I/O for a while.
+    pub idle: bool,
+    /// A flush_start is in progress.
+    pub flushing: bool,
+    /// Bytes per second, 0: none.
+    pub rate_limit: u64,
+    /// Bytes the batch just finished wrote.
+    pub last_batch_bytes: u64,
+}
+
+/// Microseconds to wait before the next batch (see the module doc).
+pub fn batch_interval_us(t: &Throttle) -> u64 {
+    let target = t.capacity_bytes / 100 * u64::from(t.target_percent.min(100));
+    let base = if t.flushing || t.idle {
+        0
+    } else if t.dirty_bytes <= target {
+        SLOW_INTERVAL_US
+    } else {
+        let room = t.capacity_bytes.saturating_sub(target).max(1);
+        let over = (t.dirty_bytes - target).min(room);
+        // Proportional: the further over the target, the shorter the pause.
+        ((u128::from(SLOW_INTERVAL_US) * u128::from(room - over)) / u128::from(room)) as u64
+    };
+    let limit = if t.rate_limit == 0 {
+        0
+    } else {
+        ((u128::from(t.last_batch_bytes) * 1_000_000) / u128::from(t.rate_limit)) as u64
+    };
+    base.max(limit)
+}
+
+/// Starts the engine on the current thread (create calls it on the management thread).
+pub fn start(cache: &Arc<Cache>) -> Result<(), String> {
+    let origin = {
+        let d = cache.origin_desc.lock().unwrap_or_else(|p| p.into_inner());
+        d.as_ref()
+            .ok_or("the origin is not open")?
+            .get_io_channel()
+            .map_err(|e| format!("no origin channel for writeback: {e}"))?
+    };
+    let bs = cache.block_size as usize;
+    let cap = BATCH_BYTES.max(crate::index::MAX_KEY_BLOCKS as usize * bs);
+    let bounce = DmaBuf::new(cap, 4096).ok_or("no memory for the writeback buffer")?;
+    let now = Thread::current().map_or(0, |t| t.now());
+    cache.wb.last_io_tick.store(now, Ordering::Relaxed);
+    let lanes = cache.lane_heads.lock().map(|h| h.len()).unwrap_or(0);
+    let engine = Rc::new(RefCell::new(Engine {
+        cache: cache.clone(),
+        origin,
+        bounce,
+        id: 0,
+        phase: Phase::Idle,
+        next_at: now + poller::time::us_to_ticks(SLOW_INTERVAL_US),
+        backoff_us: BACKOFF_MIN_US,
+        batch: Vec::with_capacity(BATCH_KEYS),
+        pieces: Vec::with_capacity(BATCH_KEYS * 2),
+        inflight: 0,
+        failed: false,
+        covered: 0,
+        dirty_tails: vec![LogPos::default(); lanes],
+        pending_zero: Vec::new(),
+        blocked_seq: None,
+        batch_bytes: 0,
+        window_start: now,
+        window_bytes: 0,
+        kset_buf: vec![0u8; MAX_KSET_SIZE],
+        cursors: Vec::with_capacity(lanes),
+    }));
+    let id = ENGINES.with(|e| {
+        let mut e = e.borrow_mut();
+        let id = e.iter().position(Option::is_none).unwrap_or(e.len());
+        if id == e.len() {
+            e.push(None);
+        }
+        e[id] = Some(engine.clone());
+        id
+    });
+    engine.borrow_mut().id = id;
+    Poller::register("pcache_writeback", 0, move || {
+        let status = engine.borrow_mut().poll();
+        status.unwrap_or_else(|| {
+            // Stopped with nothing in flight: let go of everything.
+            ENGINES.with(|e| {
+                if let Some(slot) = e.borrow_mut().get_mut(id) {
+                    *slot = None;
+                }
+            });
+            if let Some(p) = Poller::current() {
+                p.unregister();
+            }
+            PollStatus::Idle
+        })
+    })
+    .ok_or("writeback must start on an SPDK-style thread")?;
+    Ok(())
+}
+
+thread_local! {
+    /// The engines on this thread, by id (I/O contexts carry the id and a piece number).
+    static ENGINES: RefCell<Vec<Option<Rc<RefCell<Engine>>>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn engine_of(ctx: &IoCtx) -> Option<(Rc<RefCell<Engine>>, usize)> {
+    let IoCtx::Word(w) = *ctx else { return None };
+    let (id, piece) = (w >> 32, w & 0xffff_ffff);
+    ENGINES.with(|e| e.borrow().get(id).cloned().flatten().map(|en| (en, piece)))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    /// Pieces on the origin.
+    Writing,
+    /// Waiting to resubmit the failed pieces.
+    RetryWrite {
+        at: u64,
+    },
+    Flushing,
+    RetryFlush {
+        at: u64,
+    },
+    /// Stopped for good (shutdown).
+    Stopped,
+}
+
+/// A key taken into the batch.
+#[derive(Clone, Copy, Debug)]
+struct Taken {
+    key: Key,
+    /// Byte offset of its data in the bounce buffer (data keys).
+    bounce_off: usize,
+    lane: u32,
+    /// The key-set holding it.
+    kset_pos: LogPos,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PieceState {
+    Todo,
+    InFlight,
+    Done,
+    Failed,
+}
+
+/// One origin I/O of a batch: blocks [lba, lba + len), from the bounce buffer at `src` (None:
+/// zeroes).
+#[derive(Clone, Copy, Debug)]
+struct Piece {
+    lba: u64,
+    len: u64,
+    src: Option<usize>,
+    state: PieceState,
+}
+
+/// A lane's place in the gather.
+struct Cursor {
+    lane: u32,
+    /// The next key-set to read.
+    pos: LogPos,
+    gen_: u32,
+    lane_seq: Option<u64>,
+    /// The persisted head read at the start of the gather: reading stops there.
+    head: LogPos,
+    /// The key-set `keys` came from.
+    kset_pos: LogPos,
+    keys: Vec<Key>,
+    next: usize,
+}
+
+struct Engine {
+    cache: Arc<Cache>,
+    origin: BdevChannel,
+    bounce: DmaBuf,
+    id: usize,
+    phase: Phase,
+    /// Tick before which no batch starts (unless a flush is asked).
+    next_at: u64,
+    backoff_us: u64,
+    batch: Vec<Taken>,
+    pieces: Vec<Piece>,
+    inflight: usize,
+    failed: bool,
+    /// Every key up to this `seq` is in the batch or need not be written.
+    covered: u64,
+    /// Each lane's dirty tail once the batch is written back.
+    dirty_tails: Vec<LogPos>,
+    /// Written-back tombstone ranges whose ZERO extents are not dropped yet.
+    pending_zero: Vec<(u64, u32)>,
+    /// A key that must not be written (bad crc, reclaimed data): writeback stays below it.
+    blocked_seq: Option<u64>,
+    batch_bytes: u64,
+    window_start: u64,
+    window_bytes: u64,
+    kset_buf: Vec<u8>,
+    cursors: Vec<Cursor>,
+}
+
+impl Engine {
+    /// One poller run. None: stopped with nothing in flight (unregister).
+    fn poll(&mut self) -> Option<PollStatus> {
+        let now = Thread::current().map_or(0, |t| t.now());
+        if self.cache.wb.stop.load(Ordering::SeqCst) && self.phase != Phase::Stopped {
+            if self.inflight > 0 {
+                return Some(PollStatus::Idle);
+            }
+            self.phase = Phase::Stopped;
+        }
+        match self.phase {
+            Phase::Stopped => return None,
+            Phase::Writing | Phase::Flushing => return Some(PollStatus::Idle),
+            Phase::RetryWrite { at } if now >= at => {
+                self.submit_pieces();
+                return Some(PollStatus::Busy);
+            }
+            Phase::RetryFlush { at } if now >= at => {
+                self.flush();
+                return Some(PollStatus::Busy);
+            }
+            Phase::RetryWrite { .. } | Phase::RetryFlush { .. } => {
+                return Some(PollStatus::Idle);
+            }
+            Phase::Idle => {}
+        }
+        // Cheap checks first: this runs on every iteration of the management thread.
+        let asked = self.cache.wb.flush_target();
+        if asked.is_none() && now < self.next_at {
+            return Some(PollStatus::Idle);
+        }
+        let written_back = self.cache.meta().tails.written_back_seq;
+        let flushing = asked.is_some_and(|t| t > written_back);
+        if !flushing && now < self.next_at {
+            return Some(PollStatus::Idle);
+        }
+        match self.gather(written_back) {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(cache = %self.cache.name, "writeback cannot read the key log: {e}");
+                self.next_at = now + poller::time::us_to_ticks(BACKOFF_MAX_US);
+                return Some(PollStatus::Idle);
+            }
+        }
+        if self.covered <= written_back {
+            // Nothing durable to write: keys may wait in open key-sets; have them sealed.
+            self.ask_seal_walk();
+            self.next_at =
+                now + poller::time::us_to_ticks(if flushing { 0 } else { SLOW_INTERVAL_US });
+            return Some(PollStatus::Idle);
+        }
+        self.build_pieces();
+        self.batch_bytes = 0;
+        self.phase = Phase::Writing;
+        self.submit_pieces();
+        Some(PollStatus::Busy)
+    }
+
+    /// Asks every lane to seal its open key-set (at most one walk at a time).
+    fn ask_seal_walk(&self) {
+        let open = self
+            .cache
+            .lane_heads
+            .lock()
+            .is_ok_and(|h| h.iter().any(|l| l.min_open_seq().is_some()));
+        if !open || self.cache.wb.seal_walk.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let flag = self.cache.wb.seal_walk.clone();
+        self.cache.lanes.for_each_channel(
+            |lane: &poller::IoChannel<crate::instance::LaneChannel>| {
+                if let Err(e) = lane.seal() {
+                    tracing::error!(cache = %lane.cache.name, "sealing for writeback failed: {e}");
+                }
+            },
+            move || flag.store(false, Ordering::SeqCst),
+        );
+    }
+
+    /// The largest `seq` every key up to which is durable in some lane's log (module doc).
+    fn durable_bound(&self) -> u64 {
+        // Order matters: the global sequence first, then the lanes' bounds, then (in gather)
+        // their heads.
+        let next = self.cache.seq.load(Ordering::SeqCst);
+        let mut s = next.saturating_sub(1);
+        if let Ok(h) = self.cache.lane_heads.lock() {
+            for l in h.iter() {
+                if let Some(m) = l.min_open_seq() {
+                    s = s.min(m.saturating_sub(1));
+                }
+            }
+        }
+        if let Some(b) = self.blocked_seq {
+            s = s.min(b.saturating_sub(1));
+        }
+        s
+    }
+
+    /// Fills `batch` with the next keys to write back and sets `covered` and `dirty_tails`.
+    fn gather(&mut self, written_back: u64) -> Result<(), String> {
+        self.batch.clear();
+        self.covered = written_back;
+        let s = self.durable_bound();
+        let heads: Vec<LogPos> = match self.cache.lane_heads.lock() {
+            Ok(h) => h.iter().map(|l| l.persisted_head()).collect(),
+            Err(_) => return Err("lane heads unavailable".into()),
+        };
+        let tails: Vec<LogPos> = self
+            .cache
+            .meta()
+            .tails
+            .lanes()
+            .iter()
+            .map(|t| t.dirty_tail)
+            .collect();
+        self.cursors.clear();
+        for (lane, (&tail, &head)) in (0u32..).zip(tails.iter().zip(&heads)) {
+            let gen_ = self
+                .cache
+                .segments
+                .generation(tail.seg)
+                .ok_or_else(|| format!("lane {lane}: dirty tail in segment {}", tail.seg))?;
+            self.cursors.push(Cursor {
+                lane,
+                pos: tail,
+                gen_,
+                lane_seq: None,
+                head,
+                kset_pos: tail,
+                keys: Vec::new(),
+                next: 0,
+            });
+        }
+        let mut budget = KSET_BUDGET;
+        for i in 0..self.cursors.len() {
+            self.fill(i, &mut budget)?;
+        }
+        let bs = self.cache.block_size as usize;
+        let mut bytes = 0usize;
+        // A lane left without its next key (the read budget ran out) ends the merge: its next
+        // key may come before the other lanes' ones.
+        let starved = |c: &Cursor| c.next >= c.keys.len() && c.pos != c.head;
+        let mut covered = if self.cursors.iter().any(starved) {
+            written_back
+        } else {
+            s
+        };
+        while covered > written_back {
+            // The lane whose next key comes first.
+            let next = self
+                .cursors
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| c.keys.get(c.next).map(|k| (k.seq, i)))
+                .min();
+            let Some((seq, i)) = next else { break };
+            if seq > s {
+                break;
+            }
+            let (k, kset_pos) = {
+                let c = &self.cursors[i];
+                (c.keys[c.next], c.kset_pos)
+            };
+            if k.is_dirty() && k.seq > written_back {
+                let kb = if k.is_unmap() { 0 } else { k.len as usize * bs };
+                let full = self.batch.len() >= BATCH_KEYS
+                    || (bytes > 0 && bytes + kb > BATCH_BYTES)
+                    || bytes + kb > self.bounce.len();
+                if full {
+                    covered = seq - 1;
+                    break;
+                }
+                self.batch.push(Taken {
+                    key: k,
+                    bounce_off: bytes,
+                    lane: self.cursors[i].lane,
+                    kset_pos,
+                });
+                bytes += kb;
+            }
+            self.cursors[i].next += 1;
+            self.fill(i, &mut budget)?;
+            if starved(&self.cursors[i]) {
+                covered = seq - 1;
+                break;
+            }
+        }
+        // Copy the data in; a key that must not be written ends the batch before it.
+        for n in 0..self.batch.len() {
+            let t = self.batch[n];
+            if t.key.is_unmap() || t.key.seq > covered {
+                continue;
+            }
+            if let Err(why) = load(&self.cache, &mut self.bounce, &t) {
+                Stats::add(&self.cache.stats.crc_errors, 1);
+                tracing::error!(
+                    cache = %self.cache.name,
+                    seq = t.key.seq,
+                    lba = t.key.origin_off,
+                    blocks = t.key.len,
+                    "DIRTY DATA CANNOT BE WRITTEN BACK ({why}); it stays dirty and writeback stops here"
+                );
+                self.blocked_seq = Some(t.key.seq);
+                covered = covered.min(t.key.seq - 1);
+                break;
+            }
+        }
+        self.covered = covered.max(written_back);
+        // Dirty tails: each lane's first key-set holding a key above `covered` — a taken key
+        // left out of the batch, else the key its cursor stopped at, else where it stopped.
+        for (i, c) in self.cursors.iter().enumerate() {
+            let left_out = self
+                .batch
+                .iter()
+                .find(|t| t.lane == c.lane && t.key.seq > self.covered)
+                .map(|t| t.kset_pos);
+            let tail = left_out.unwrap_or(if c.next < c.keys.len() {
+                c.kset_pos
+            } else {
+                c.pos
+            });
+            if let Some(t) = self.dirty_tails.get_mut(i) {
+                *t = tail;
+            }
+        }
+        let covered = self.covered;
+        self.batch.retain(|t| t.key.seq <= covered);
+        Ok(())
+    }
+
+    /// Reads key-sets into cursor `i` until it has a key or reaches its head.
+    fn fill(&mut self, i: usize, budget: &mut usize) -> Result<(), String> {
+        let cache = self.cache.clone();
+        let c = &mut self.cursors[i];
+        while c.next >= c.keys.len() && c.pos != c.head {
+            if *budget == 0 {
+                return Ok(());
+            }
+            *budget -= 1;
+            let seg_size = cache.layout.segment_size();
+            let room = seg_size.saturating_sub(c.pos.off) as usize;
+            let n = room.min(self.kset_buf.len());
+            let base = cache
+                .layout
+                .segment_offset(c.pos.seg)
+                .map_err(|e| e.to_string())?;
+            cache
+                .pmem
+                .read(base + u64::from(c.pos.off), &mut self.kset_buf[..n])
+                .map_err(|e| e.to_string())?;
+            let lane_seq = match c.lane_seq {
+                Some(s) => s,
+                None => format::KeySetHeader::decode(&self.kset_buf[..n.min(format::KSET_HEADER)])
+                    .map(|h| h.lane_seq)
+                    .map_err(|e| format!("lane {}: key-set at {:?}: {e}", c.lane, c.pos))?,
+            };
+            let expect = KsetId {
+                format_id: cache.format_id,
+                lane: c.lane,
+                lane_seq,
+                seg_gen: c.gen_,
+            };
+            let view = format::decode_kset(&self.kset_buf[..n], expect).map_err(|e| match e {
+                KsetError::End(r) => format!(
+                    "lane {}: no valid key-set at {}:{} before the persisted head ({r})",
+                    c.lane, c.pos.seg, c.pos.off
+                ),
+                KsetError::Corrupt(e) => format!("lane {}: {e}", c.lane),
+            })?;
+            c.lane_seq = Some(lane_seq + 1);
+            if let Some((next, next_gen)) = view.next_segment() {
+                c.pos = LogPos { seg: next, off: 0 };
+                c.gen_ = next_gen;
+            } else {
+                c.kset_pos = c.pos;
+                c.keys.clear();
+                c.keys.extend(view.keys());
+                c.next = 0;
+                c.pos.off += view.size() as u32;
+            }
+        }
+        Ok(())
+    }
+
+    /// The batch as disjoint origin I/Os: each block in its newest version of the batch.
+    fn build_pieces(&mut self) {
+        self.pieces.clear();
+        let bs = u64::from(self.cache.block_size);
+        // Ranges taken by later keys, sorted and merged.
+        let mut later: Vec<(u64, u64)> = Vec::with_capacity(self.batch.len());
+        for t in self.batch.iter().rev() {
+            let (start, end) = (t.key.origin_off, t.key.origin_off + u64::from(t.key.len));
+            let mut cur = start;
+            for &(a, b) in later.iter() {
+                if b <= cur {
+                    continue;
+                }
+                if a >= end {
+                    break;
+                }
+                if a > cur {
+                    self.pieces.push(piece(t, cur, a, bs));
+                }
+                cur = cur.max(b);
+                if cur >= end {
+                    break;
+                }
+            }
+            if cur < end {
+                self.pieces.push(piece(t, cur, end, bs));
+            }
+            // Insert [start, end) into `later`, merging.
+            let i = later.partition_point(|&(_, b)| b < start);
+            let mut j = i;
+            let (mut a, mut b) = (start, end);
+            while j < later.len() && later[j].0 <= b {
+                a = a.min(later[j].0);
+                b = b.max(later[j].1);
+                j += 1;
+            }
+            later.splice(i..j, [(a, b)]);
+        }
+    }
+
+    /// Submits every piece not done yet.
+    fn submit_pieces(&mut self) {
+        self.phase = Phase::Writing;
+        self.failed = false;
+        let zero_type = if self.origin.io_type_supported(IoType::WriteZeroes) {
+            IoType::WriteZeroes
+        } else {
+            IoType::Unmap
+        };
+        for n in 0..self.pieces.len() {
+            let p = self.pieces[n];
+            if matches!(p.state, PieceState::Done | PieceState::InFlight) {
+                continue;
+            }
+            let ctx = IoCtx::Word((self.id << 32) | n);
+            let r = match p.src {
+                Some(off) => {
+                    let bytes = (p.len * u64::from(self.cache.block_size)) as usize;
+                    // SAFETY: the range lies in the bounce buffer (built from keys that fit it),
+                    // which lives as long as the engine and is not touched until every piece of
+                    // the batch has completed.
+                    let iov = unsafe { IoVec::new(self.bounce.as_mut_ptr().add(off), bytes) };
+                    self.origin
+                        .write(&[iov], p.lba, p.len, IoFlags::default(), piece_done, ctx)
+                }
+                None if zero_type == IoType::WriteZeroes => {
+                    self.origin.write_zeroes(p.lba, p.len, piece_done, ctx)
+                }
+                None => self.origin.unmap(p.lba, p.len, piece_done, ctx),
+            };
+            match r {
+                Ok(()) => {
+                    self.pieces[n].state = PieceState::InFlight;
+                    self.inflight += 1;
+                }
+                Err(e) => {
+                    if e.error.errno() != libc::ENOMEM {
+                        Stats::add(&self.cache.stats.origin_errors, 1);
+                        tracing::warn!(cache = %self.cache.name, lba = p.lba, blocks = p.len, "writeback could not submit to the origin: {}", e.error);
+                    }
+                    self.pieces[n].state = PieceState::Failed;
+                    self.failed = true;
+                }
+            }
+        }
+        self.after_io();
+    }
+
+    /// Called when an I/O of the current step completed (or none could be submitted).
+    fn after_io(&mut self) {
+        if self.inflight > 0 {
+            return;
+        }
+        let now = Thread::current().map_or(0, |t| t.now());
+        match self.phase {
+            Phase::Writing if self.failed => {
+                self.phase = Phase::RetryWrite {
+                    at: now + self.backoff(),
+                };
+            }
+            Phase::Writing => self.flush(),
+            Phase::Flushing if self.failed => {
+                self.phase = Phase::RetryFlush {
+                    at: now + self.backoff(),
+                };
+            }
+            Phase::Flushing => self.commit(now),
+            _ => {}
+        }
+    }
+
+    fn backoff(&mut self) -> u64 {
+        let us = self.backoff_us;
+        self.backoff_us = (us * 2).min(BACKOFF_MAX_US);
+        poller::time::us_to_ticks(us)
+    }
+
+    fn flush(&mut self) {
+        self.phase = Phase::Flushing;
+        self.failed = false;
+        if self.cache.wb.stop.load(Ordering::SeqCst) {
+            self.phase = Phase::Idle;
+            return;
+        }
+        if self.pieces.is_empty() || !self.origin.io_type_supported(IoType::Flush) {
+            self.after_io();
+            return;
+        }
+        let ctx = IoCtx::Word((self.id << 32) | 0xffff_ffff);
+        match self
+            .origin
+            .flush(0, self.origin.num_blocks(), piece_done, ctx)
+        {
+            Ok(()) => self.inflight += 1,
+            Err(e) => {
+                if e.error.errno() != libc::ENOMEM {
+                    Stats::add(&self.cache.stats.origin_errors, 1);
+                }
+                self.failed = true;
+                self.after_io();
+            }
+        }
+    }
+
+    /// The batch is on the origin and flushed: persist the tails, then clean the index.
+    fn commit(&mut self, now: u64) {
+        self.phase = Phase::Idle;
+        self.backoff_us = BACKOFF_MIN_US;
+        if self.cache.wb.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let cache = self.cache.clone();
+        {
+            let mut meta = cache.meta();
+            let mut tails = meta.tails;
+            tails.written_back_seq = self.covered;
+            for (t, &d) in tails.lanes_mut().iter_mut().zip(&self.dirty_tails) {
+                t.dirty_tail = d;
+            }
+            let bytes = tails.encode();
+            let payload = bytes.get(..tails.encoded_len()).unwrap_or(&bytes[..]);
+            if let Err(e) = meta.tails_slot.write(&*cache.pmem, payload) {
+                drop(meta);
+                tracing::error!(cache = %cache.name, "persisting the writeback tails failed: {e}");
+                self.next_at = now + poller::time::us_to_ticks(BACKOFF_MAX_US);
+                return;
+            }
+            meta.tails = tails;
+        }
+        let bs = u64::from(cache.block_size);
+        let mut bytes = 0u64;
+        for t in &self.batch {
+            let k = &t.key;
+            if k.is_unmap() {
+                if self.pending_zero.len() < PENDING_ZERO_MAX {
+                    self.pending_zero.push((k.origin_off, k.len));
+                }
+            } else {
+                let pos = cache_pos(&cache.layout, k.data_seg, k.data_off);
+                cache
+                    .index
+                    .mark_clean(k.origin_off, k.len, pos, pos + u64::from(k.len));
+            }
+        }
+        for p in &self.pieces {
+            bytes += p.len * bs;
+        }
+        if !self.pending_zero.is_empty() {
+            let _g = cache.wb.unmap_guard();
+            if cache.wb.max_unmap_seq.load(Ordering::SeqCst) <= self.covered {
+                for &(lba, len) in &self.pending_zero {
+                    cache.index.zero_written_back(lba, len);
+                }
+                self.pending_zero.clear();
+            }
+        }
+        if !self.batch.is_empty() {
+            Stats::add(&cache.stats.writeback_bytes, bytes);
+            Stats::add(&cache.stats.writeback_batches, 1);
+            Stats::add(&cache.stats.writeback_keys, self.batch.len() as u64);
+        }
+        self.window_bytes += bytes;
+        let hz = poller::time::ticks_hz().max(1);
+        let elapsed = now.saturating_sub(self.window_start);
+        if elapsed >= hz {
+            let rate =
+                (u128::from(self.window_bytes) * u128::from(hz) / u128::from(elapsed)) as u64;
+            cache.wb.rate.store(rate, Ordering::Relaxed);
+            self.window_start = now;
+            self.window_bytes = 0;
+        }
+        // A finished flush is forgotten (unless a newer one was asked meanwhile).
+        if let Some(t) = cache.wb.flush_target()
+            && t <= self.covered
+        {
+            let _ =
+                cache
+                    .wb
+                    .flush_target
+                    .compare_exchange(t, 0, Ordering::SeqCst, Ordering::SeqCst);
+        }
+        self.batch_bytes = bytes;
+        let params = cache.params.lock().map(|p| p.clone()).ok();
+        let last_io = cache.wb.last_io_tick.load(Ordering::Relaxed);
+        let throttle = Throttle {
+            dirty_bytes: cache.index.stats().dirty_blocks * bs,
+            capacity_bytes: u64::from(cache.layout.segment_count())
+                * u64::from(cache.layout.segment_size()),
+            target_percent: params.as_ref().map_or(0, |p| p.writeback_dirty_target),
+            idle: now.saturating_sub(last_io) >= poller::time::us_to_ticks(IDLE_AFTER_US),
+            flushing: cache.wb.flush_target().is_some(),
+            rate_limit: params.as_ref().map_or(0, |p| p.writeback_rate_limit),
+            last_batch_bytes: bytes,
+        };
+        self.next_at = now + poller::time::us_to_ticks(batch_interval_us(&throttle));
+    }
+}
+
+/// Copies a data key into the bounce buffer; checks its segment and crc.
+fn load(cache: &Cache, bounce: &mut DmaBuf, t: &Taken) -> Result<(), String> {
+    let k = &t.key;
+    if cache.segments.generation(k.data_seg) != Some(k.data_gen) {
+        return Err(format!("its segment {} was reclaimed", k.data_seg));
+    }
+    let n = k.len as usize * cache.block_size as usize;
+    let dst = bounce
+        .as_mut_slice()
+        .get_mut(t.bounce_off..t.bounce_off + n)
+        .ok_or("the key does not fit the writeback buffer")?;
+    let at = cache.pos_offset(cache_pos(&cache.layout, k.data_seg, k.data_off));
+    cache.pmem.read(at, dst).map_err(|e| e.to_string())?;
+    if cache.data_crc && crc32c::crc32c(dst) != k.data_crc {
+        return Err("its data fails its crc".into());
+    }
+    Ok(())
+}
+
+fn piece(t: &Taken, a: u64, b: u64, bs: u64) -> Piece {
+    Piece {
+        lba: a,
+        len: b - a,
+        src: (!t.key.is_unmap()).then(|| t.bounce_off + ((a - t.key.origin_off) * bs) as usize),
+        state: PieceState::Todo,
+    }
+}
+
+/// Completion of a piece (or, piece number 0xffff_ffff, of the flush).
+fn piece_done(io: BdevIo, ok: bool, ctx: IoCtx) {
+    drop(io);
+    let Some((engine, n)) = engine_of(&ctx) else {
+        return;
+    };
+    let Ok(mut e) = engine.try_borrow_mut() else {
+        return;
+    };
+    e.inflight = e.inflight.saturating_sub(1);
+    if !ok {
+        Stats::add(&e.cache.stats.origin_errors, 1);
+        e.failed = true;
+    }
+    if n != 0xffff_ffff
+        && let Some(p) = e.pieces.get_mut(n)
+    {
+        p.state = if ok {
+            PieceState::Done
+        } else {
+            PieceState::Failed
+        };
+    }
+    if !ok {
+        tracing::warn!(cache = %e.cache.name, "an origin I/O of writeback failed; it will be retried");
+    }
+    e.after_io();
+}
+
+/// `bdev_pcache_flush_start`: write back every key taken so far, ignoring the dirty target.
+pub fn flush_start(cache: &Cache) -> u64 {
+    let target = cache.seq.load(Ordering::SeqCst).saturating_sub(1);
+    let written_back = cache.meta().tails.written_back_seq;
+    if target > written_back {
+        cache.wb.request_flush(target);
+    }
+    target
+}
+
+/// `bdev_pcache_flush_status`.
+pub fn flush_status(cache: &Cache) -> serde_json::Value {
+    let written_back = cache.meta().tails.written_back_seq;
+    let target = cache.wb.flush_target();
+    serde_json::json!({
+        "in_progress": target.is_some_and(|t| t > written_back),
+        "dirty_bytes": cache.index.stats().dirty_blocks * u64::from(cache.block_size),
+        "written_back_seq": written_back,
+        "target_seq": target.unwrap_or(written_back),
+    })
+}
