@@ -43,6 +43,46 @@ def bdev_pmem_delete(client, name):
     return _call(client, "bdev_pmem_delete", name=name)
 
 
+CACHE_MODES = ("writeback", "writethrough", "writearound", "passthrough")
+
+
+def bdev_pcache_create(client, name, cache_bdev, origin_bdev, mode=None, data_crc=None,
+                       gc_percent=None, format=None, durable=None, segment_size=None, uuid=None,
+                       promotion_threshold=None, sequential_cutoff=None,
+                       writeback_dirty_target=None, writeback_rate_limit=None):
+    """Create a pcache bdev: ``cache_bdev`` (a pmem bdev) in front of ``origin_bdev``.
+
+    An existing cache for the same origin is reattached (its log replayed, dirty data kept);
+    ``format`` reformats it (its data is lost). Returns the new bdev's name.
+    """
+    return _call(client, "bdev_pcache_create", name=name, cache_bdev=cache_bdev,
+                 origin_bdev=origin_bdev, mode=mode, data_crc=data_crc, gc_percent=gc_percent,
+                 format=format, durable=durable, segment_size=segment_size, uuid=uuid,
+                 promotion_threshold=promotion_threshold, sequential_cutoff=sequential_cutoff,
+                 writeback_dirty_target=writeback_dirty_target,
+                 writeback_rate_limit=writeback_rate_limit)
+
+
+def bdev_pcache_delete(client, name):
+    """Delete a pcache bdev cleanly: everything sealed, dirty data kept in pmem for next time."""
+    return _call(client, "bdev_pcache_delete", name=name)
+
+
+def bdev_pcache_get_stats(client, name):
+    """Counters, occupancy and log positions of a pcache bdev."""
+    return _call(client, "bdev_pcache_get_stats", name=name)
+
+
+def bdev_pcache_flush_start(client, name):
+    """Start writing every dirty byte back to the origin."""
+    return _call(client, "bdev_pcache_flush_start", name=name)
+
+
+def bdev_pcache_flush_status(client, name):
+    """Progress of writeback: in_progress, dirty_bytes, written_back_seq, target_seq."""
+    return _call(client, "bdev_pcache_flush_status", name=name)
+
+
 # Command line.
 
 def _print_json(value):
@@ -125,10 +165,71 @@ def _add_pmem_verbs(subparsers):
     p.set_defaults(func=delete)
 
 
-# One entry per pcache module with methods of its own; the cache's bdev_pcache_* verbs join here
-# when those methods exist.
+def _add_pcache_verbs(subparsers):
+    def create(args):
+        _print_json(bdev_pcache_create(
+            args.client, name=args.name, cache_bdev=args.cache_bdev,
+            origin_bdev=args.origin_bdev, mode=args.mode,
+            data_crc=True if args.data_crc else None, gc_percent=args.gc_percent,
+            format=True if args.format else None, durable=True if args.durable else None,
+            segment_size=args.segment_size, uuid=args.uuid,
+            promotion_threshold=args.promotion_threshold,
+            sequential_cutoff=args.sequential_cutoff,
+            writeback_dirty_target=args.writeback_dirty_target,
+            writeback_rate_limit=args.writeback_rate_limit))
+
+    p = _verb(subparsers, "bdev_pcache_create",
+              "Create a pcache bdev: a pmem write-back cache in front of an origin bdev")
+    _option(p, "-b", "--name", required=True, help="Name of the new pcache bdev")
+    _option(p, "-c", "--cache-bdev", required=True, help="The pmem bdev holding the cache")
+    _option(p, "-o", "--origin-bdev", required=True, help="The bdev being cached")
+    _option(p, "-m", "--mode", choices=CACHE_MODES, help="Cache mode (default writeback)")
+    _option(p, "--data-crc", action="store_true",
+            help="Keep a crc32c of all cached data and check it on every read")
+    _option(p, "-g", "--gc-percent", type=int,
+            help="Reclaim segments once this percent is in use (0-90, default 70)")
+    _option(p, "--format", action="store_true",
+            help="Reformat the cache even if it holds a cache for another origin (data lost)")
+    _option(p, "--durable", action="store_true",
+            help="Every completed write is already persistent (group commit per poll)")
+    _option(p, "--segment-size", type=int,
+            help="Segment size in bytes when formatting (power of two, 1 MiB to 1 GiB)")
+    _option(p, "-u", "--uuid", help="UUID of the new bdev (optional)")
+    _option(p, "--promotion-threshold", type=int,
+            help="Cache a read miss after this many misses (0 or 1: always)")
+    _option(p, "--sequential-cutoff", type=int,
+            help="Streams longer than this many bytes bypass the cache (0: off)")
+    _option(p, "--writeback-dirty-target", type=int,
+            help="Write back slowly while dirty data stays under this percent of the cache")
+    _option(p, "--writeback-rate-limit", type=int,
+            help="Upper bound for writeback in bytes per second (0: unlimited)")
+    p.set_defaults(func=create)
+
+    for verb, fn, help, prints in (
+        ("bdev_pcache_delete", bdev_pcache_delete,
+         "Delete a pcache bdev cleanly (dirty data stays in pmem for the next create)", False),
+        ("bdev_pcache_get_stats", bdev_pcache_get_stats,
+         "Show a pcache bdev's counters, occupancy and log positions", True),
+        ("bdev_pcache_flush_start", bdev_pcache_flush_start,
+         "Start writing every dirty byte back to the origin", True),
+        ("bdev_pcache_flush_status", bdev_pcache_flush_status,
+         "Show writeback progress (in_progress, dirty_bytes, ...)", True),
+    ):
+        p = _verb(subparsers, verb, help)
+        _option(p, "name", help="Name of the pcache bdev")
+
+        def run(args, fn=fn, prints=prints):
+            result = fn(args.client, name=args.name)
+            if prints:
+                _print_json(result)
+
+        p.set_defaults(func=run)
+
+
+# One entry per pcache module with methods of its own.
 _VERB_GROUPS = (
     _add_pmem_verbs,
+    _add_pcache_verbs,
 )
 
 

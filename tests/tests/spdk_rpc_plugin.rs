@@ -151,3 +151,83 @@ args.func(args)
         "{out:?}"
     );
 }
+
+#[test]
+fn plugin_drives_a_pcache_bdev() {
+    require_spdk_rpc!();
+    let t = Target::start();
+    let cli = plugin_cli(&t);
+    let dir = tempdir();
+    let file = dir.path().join("cache.pmem");
+    let file = file.to_str().unwrap_or("");
+    let p = |args: &[&str]| {
+        let mut full = vec!["--plugin", "pcache_rpc_plugin"];
+        full.extend_from_slice(args);
+        cli.run(&full)
+    };
+    let help = p(&["bdev_pcache_create", "--help"]);
+    for text in [
+        "--cache-bdev",
+        "--origin-bdev",
+        "--data-crc",
+        "--gc-percent",
+        "writearound",
+    ] {
+        assert!(
+            help.stdout.contains(text),
+            "help lacks {text}:\n{}",
+            help.stdout
+        );
+    }
+    assert!(
+        p(&[
+            "bdev_pmem_create",
+            file,
+            "-n",
+            "Pmem0",
+            "--total-size",
+            "64",
+            "-m",
+            "emulated"
+        ])
+        .ok()
+    );
+    assert!(p(&["bdev_malloc_create", "-b", "Origin0", "32", "4096"]).ok());
+    let out = p(&[
+        "bdev_pcache_create",
+        "-b",
+        "Pcache0",
+        "-c",
+        "Pmem0",
+        "-o",
+        "Origin0",
+        "--data-crc",
+    ]);
+    assert_eq!((out.code, out.stdout.trim()), (0, "Pcache0"), "{out:?}");
+    let b = cli.json(&["bdev_get_bdevs", "-b", "Pcache0"]);
+    assert_eq!(b[0]["num_blocks"], json!(8192));
+    assert_eq!(b[0]["driver_specific"]["pcache"]["data_crc"], json!(true));
+    let stats = p(&["bdev_pcache_get_stats", "Pcache0"]);
+    let s: serde_json::Value = serde_json::from_str(&stats.stdout).unwrap_or_default();
+    assert_eq!(s["dirty_bytes"], json!(0), "{stats:?}");
+    assert!(p(&["bdev_pcache_flush_start", "Pcache0"]).ok());
+    let st = p(&["bdev_pcache_flush_status", "Pcache0"]);
+    let st: serde_json::Value = serde_json::from_str(&st.stdout).unwrap_or_default();
+    assert_eq!(st["dirty_bytes"], json!(0), "{st}");
+    // The cache is claimed: a second cache on the same pmem is refused.
+    let out = p(&[
+        "bdev_pcache_create",
+        "-b",
+        "Pcache1",
+        "-c",
+        "Pmem0",
+        "-o",
+        "Origin0",
+    ]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(p(&["bdev_pcache_delete", "Pcache0"]).ok());
+    assert_eq!(
+        p(&["bdev_pcache_delete", "Pcache0"]).error(),
+        (-19, "No such device".into())
+    );
+}
