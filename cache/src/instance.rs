@@ -2,6 +2,7 @@
 //! write sequence, counters) and the per-thread channel that owns a lane.
 
 use crate::format::{CacheInfo, Key, Layout, SlotWriter, Tails};
+use crate::gc::GcShared;
 use crate::index::Index;
 use crate::lane::Lane;
 use crate::log::{LaneShared, LogCtx};
@@ -35,6 +36,13 @@ pub struct Stats {
     pub writeback_bytes: AtomicU64,
     pub writeback_batches: AtomicU64,
     pub writeback_keys: AtomicU64,
+    /// GC rounds that dropped something, keys dropped, bytes evicted from the index, bytes
+    /// given a second chance, segments freed after their grace period.
+    pub gc_runs: AtomicU64,
+    pub gc_keys: AtomicU64,
+    pub gc_evicted_bytes: AtomicU64,
+    pub gc_second_chance_bytes: AtomicU64,
+    pub gc_segments_freed: AtomicU64,
 }
 
 impl Stats {
@@ -78,6 +86,8 @@ pub struct Cache {
     pub lanes: IoDevice<LaneChannel>,
     /// What the writeback engine shares with the data path and the RPCs.
     pub wb: WritebackShared,
+    /// What GC shares with the data path and the RPCs.
+    pub gc: GcShared,
 }
 
 impl Cache {
@@ -96,6 +106,7 @@ impl Cache {
         params: CreateParams,
     ) -> Arc<Cache> {
         let heads = lanes.iter().map(|l| l.log.shared().clone()).collect();
+        let gc_percent = params.gc_percent;
         Arc::new_cyclic(|weak: &std::sync::Weak<Cache>| {
             let weak = weak.clone();
             Cache {
@@ -120,6 +131,7 @@ impl Cache {
                 cache_desc: Mutex::new(None),
                 lanes: IoDevice::new(name, move || LaneChannel::create(&weak)),
                 wb: WritebackShared::new(next_seq.saturating_sub(1)),
+                gc: GcShared::new(gc_percent),
             }
         })
     }
@@ -237,6 +249,8 @@ pub struct LaneChannel {
     pub deferred: RefCell<VecDeque<BdevIo>>,
     /// FLUSHes submitted on this thread, waiting for the walk over every lane.
     pub awaiting_flush: RefCell<VecDeque<BdevIo>>,
+    /// The segment table's freed counter when the deferred writes were last retried.
+    seen_freed: std::cell::Cell<u64>,
     poller: RefCell<Option<Poller>>,
 }
 
@@ -250,6 +264,7 @@ impl LaneChannel {
             awaiting_seal: RefCell::new(VecDeque::with_capacity(1024)),
             deferred: RefCell::new(VecDeque::with_capacity(1024)),
             awaiting_flush: RefCell::new(VecDeque::with_capacity(64)),
+            seen_freed: std::cell::Cell::new(0),
             poller: RefCell::new(None),
         };
         Ok(ch)
@@ -302,13 +317,19 @@ impl LaneChannel {
             }
             busy = true;
         }
-        let n = self.deferred.borrow().len();
-        for _ in 0..n {
-            let Some(io) = self.deferred.borrow_mut().pop_front() else {
-                break;
-            };
-            busy = true;
-            crate::io::resume_deferred(self, io);
+        // Deferred writes wait for space: retried only once segments have been freed since.
+        let freed = self.cache.segments.freed();
+        if freed != self.seen_freed.get() && !self.deferred.borrow().is_empty() {
+            self.seen_freed.set(freed);
+            let n = self.deferred.borrow().len();
+            for _ in 0..n {
+                let Some(io) = self.deferred.borrow_mut().pop_front() else {
+                    break;
+                };
+                busy = true;
+                self.cache.gc.note_resumed();
+                crate::io::resume_deferred(self, io);
+            }
         }
         PollStatus::from(busy)
     }

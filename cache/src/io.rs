@@ -27,6 +27,8 @@ const MAX_KEY_BLOCKS: u32 = crate::index::MAX_KEY_BLOCKS;
 const DONE: usize = 0;
 const SAW_HIT: u64 = 1 << 63;
 const SAW_MISS: u64 = 1 << 62;
+/// A write was deferred at least once (for the deferred_writes counter).
+const DEFERRED: u64 = 1 << 63;
 const DONE_MASK: u64 = SAW_MISS - 1;
 const MISS_LBA: usize = 1;
 const MISS_LEN: usize = 2;
@@ -56,7 +58,8 @@ fn write_continue(lane_ch: &LaneChannel, mut io: BdevIo) {
     let bs = cache.block_size;
     let total = io.num_blocks() as u32;
     let lba = io.offset_blocks();
-    let mut done = io.driver_ctx()[DONE] as u32;
+    let word = io.driver_ctx()[DONE];
+    let mut done = (word & DONE_MASK) as u32;
     let mut lane_ref = lane_ch.lane.borrow_mut();
     let Some(lane) = lane_ref.as_mut() else {
         drop(lane_ref);
@@ -66,9 +69,13 @@ fn write_continue(lane_ch: &LaneChannel, mut io: BdevIo) {
     while done < total {
         let want = (total - done).min(MAX_KEY_BLOCKS);
         let Some(space) = lane.alloc_data(&cache.segments, &cache.layout, want) else {
-            io.driver_ctx()[DONE] = u64::from(done);
-            Stats::add(&cache.stats.deferred_writes, 1);
+            // Counted once per write, however often it has to wait again.
+            if word & DEFERRED == 0 {
+                Stats::add(&cache.stats.deferred_writes, 1);
+            }
+            io.driver_ctx()[DONE] = u64::from(done) | DEFERRED;
             drop(lane_ref);
+            cache.gc.note_deferred();
             lane_ch.deferred.borrow_mut().push_back(io);
             return;
         };
@@ -299,7 +306,7 @@ fn copy_hit(cache: &Cache, e: &Extent, iovs: &[IoVec], dst_off: usize) -> Result
 }
 
 /// crc32c over the original key's whole data, read from pmem in chunks.
-fn crc_ok(cache: &Cache, e: &Extent) -> bool {
+pub(crate) fn crc_ok(cache: &Cache, e: &Extent) -> bool {
     let mut buf = [0u8; 4096];
     let mut at = cache.pos_offset(e.orig_pos);
     let mut left = u64::from(e.orig_len) * u64::from(cache.block_size);
@@ -373,11 +380,19 @@ fn promote(ch: &CacheBdevChannel, io: &BdevIo, m: u64, len: u32, version: u64) {
         });
         let key_lba = m + u64::from(done);
         let seq = cache.take_seq(lane);
-        if let Ok(n) = cache.index.fill(
-            &Extent::key(key_lba, space.blocks, pos, crc, false),
-            version,
-        ) && n > 0
-        {
+        let filled = cache
+            .index
+            .fill(
+                &Extent::key(key_lba, space.blocks, pos, crc, false),
+                version,
+            )
+            .is_ok_and(|n| n > 0);
+        if !filled {
+            // No key names the space: give its reference back (GC could never drop it).
+            if cache.segments.put_ref(space.seg) {
+                cache.segments.retire(space.seg);
+            }
+        } else {
             let key = cache.key_for(seq, key_lba, space.blocks, &space, crc, false);
             if lane.log.append(key)
                 && let Err(e) = lane.seal(&cache.log_ctx())

@@ -46,9 +46,12 @@ impl Lane {
         let head = match self.data {
             Some(h) if h.off + bs <= seg_size => h,
             full => {
-                let (seg, gen_) = segments.alloc(SegUse::Data {
-                    lane: self.log.lane() as u16,
-                })?;
+                let (seg, gen_) = segments.alloc_keeping(
+                    SegUse::Data {
+                        lane: self.log.lane() as u16,
+                    },
+                    crate::segments::KEY_RESERVE,
+                )?;
                 // The old head's own reference goes; its keys keep it alive until GC.
                 if let Some(old) = full
                     && segments.put_ref(old.seg)

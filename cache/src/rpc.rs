@@ -83,6 +83,14 @@ pub fn stats_json(cache: &Cache) -> Value {
         "writeback_batches": g(&s.writeback_batches),
         "writeback_keys": g(&s.writeback_keys),
         "writeback_rate": cache.wb.rate(),
+        "gc_percent": cache.gc.gc_percent(),
+        "gc_runs": g(&s.gc_runs),
+        "gc_keys": g(&s.gc_keys),
+        "gc_evicted_bytes": g(&s.gc_evicted_bytes),
+        "gc_second_chance_bytes": g(&s.gc_second_chance_bytes),
+        "gc_segments_freed": g(&s.gc_segments_freed),
+        "segments_retiring": segs.retiring,
+        "writes_deferred_now": cache.gc.deferred(),
         "flush_in_progress": cache.wb.flush_target().is_some_and(|t| t > meta.tails.written_back_seq),
     })
 }

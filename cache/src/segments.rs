@@ -11,7 +11,12 @@
 use crate::format::{self, FormatError, Layout};
 use pmem::Pmem;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+
+/// Free segments a lane's data allocation leaves for the key logs: a cache full of data can
+/// still seal key-sets (so writeback and GC can make progress and free space).
+pub const KEY_RESERVE: usize = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SegUse {
@@ -37,6 +42,8 @@ struct State {
 
 pub struct SegmentTable {
     state: Mutex<State>,
+    /// Segments freed so far (deferred writes retry when it moves).
+    freed: AtomicU64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -60,6 +67,7 @@ impl SegmentTable {
                 gens,
                 used: 0,
             }),
+            freed: AtomicU64::new(0),
         }
     }
 
@@ -77,7 +85,15 @@ impl SegmentTable {
 
     /// Takes a free segment for `use_`; its current generation comes with it. None when full.
     pub fn alloc(&self, use_: SegUse) -> Option<(u32, u32)> {
+        self.alloc_keeping(use_, 0)
+    }
+
+    /// [`Self::alloc`], but only while more than `keep` segments are free.
+    pub fn alloc_keeping(&self, use_: SegUse, keep: usize) -> Option<(u32, u32)> {
         let mut st = self.lock();
+        if st.free.len() <= keep {
+            return None;
+        }
         let seg = st.free.pop_front()?;
         st.uses[seg as usize] = use_;
         st.refs[seg as usize] = u32::from(matches!(use_, SegUse::Data { .. }));
@@ -162,8 +178,29 @@ impl SegmentTable {
             st.refs[i] = 0;
             st.free.push_back(seg);
             st.used -= 1;
+            self.freed.fetch_add(1, Ordering::SeqCst);
         }
         Ok(())
+    }
+
+    /// Segments in use (data, key or retiring).
+    pub fn used(&self) -> u32 {
+        self.lock().used
+    }
+
+    /// Segments waiting for their grace period.
+    pub fn retiring(&self) -> Vec<u32> {
+        let st = self.lock();
+        (0u32..)
+            .zip(&st.uses)
+            .filter(|(_, u)| **u == SegUse::Retiring)
+            .map(|(s, _)| s)
+            .collect()
+    }
+
+    /// Segments freed since the table was made.
+    pub fn freed(&self) -> u64 {
+        self.freed.load(Ordering::SeqCst)
     }
 
     pub fn counts(&self) -> SegmentCounts {

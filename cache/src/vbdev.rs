@@ -212,6 +212,11 @@ pub fn create(params: CreateParams) -> Result<Bdev, BdevError> {
     *cache.cache_desc.lock().unwrap_or_else(|p| p.into_inner()) = Some(cache_desc);
     // Writeback runs on this (the management) thread until shutdown stops it.
     crate::writeback::start(&cache).map_err(|e| err(libc::ENOMEM, e))?;
+    // GC too; both stop at shutdown (`WritebackShared::stop`).
+    if let Err(e) = crate::gc::start(&cache) {
+        cache.wb.stop();
+        return Err(err(libc::ENOMEM, e));
+    }
 
     let mut props = BdevProps::new(&name, MODULE, "pcache", origin.block_size, origin.blocks);
     props.uuid = params.uuid;

@@ -143,6 +143,11 @@ impl WritebackShared {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
     }
+
+    /// Shutdown has begun (GC stops with writeback).
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
 }
 
 fn note_io_ticks() -> u64 {
@@ -382,11 +387,13 @@ impl Engine {
         }
         // Cheap checks first: this runs on every iteration of the management thread.
         let asked = self.cache.wb.flush_target();
-        if asked.is_none() && now < self.next_at {
+        // Writes waiting for space: full speed, GC can only reclaim what is written back.
+        let urgent = self.cache.gc.deferred() > 0;
+        if asked.is_none() && !urgent && now < self.next_at {
             return Some(PollStatus::Idle);
         }
         let written_back = self.cache.meta().tails.written_back_seq;
-        let flushing = asked.is_some_and(|t| t > written_back);
+        let flushing = urgent || asked.is_some_and(|t| t > written_back);
         if !flushing && now < self.next_at {
             return Some(PollStatus::Idle);
         }
@@ -868,7 +875,7 @@ impl Engine {
                 * u64::from(cache.layout.segment_size()),
             target_percent: params.as_ref().map_or(0, |p| p.writeback_dirty_target),
             idle: now.saturating_sub(last_io) >= poller::time::us_to_ticks(IDLE_AFTER_US),
-            flushing: cache.wb.flush_target().is_some(),
+            flushing: cache.wb.flush_target().is_some() || cache.gc.deferred() > 0,
             rate_limit: params.as_ref().map_or(0, |p| p.writeback_rate_limit),
             last_batch_bytes: bytes,
         };
