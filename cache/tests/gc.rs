@@ -3,14 +3,16 @@
 //! with every block correct; gc_percent 0 reclaims down to the minimum; a recently read extent
 //! gets a second chance; data overwritten across GC rounds replays as its newest version.
 
+mod common;
+use common::{iov, record, wait};
+
 use bdev::malloc::{self, rpc::MallocCreateParams};
-use bdev::{Bdev, BdevChannel, BdevDesc, BdevIo, DmaBuf, IoCtx, IoFlags, IoVec};
+use bdev::{Bdev, BdevChannel, BdevDesc, DmaBuf, IoCtx, IoFlags};
 use cache::instance::Cache;
 use cache::params::CreateParams;
 use cache::writeback;
 use pmem::{Pmem, PmemFile};
 use poller::Harness;
-use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -20,32 +22,6 @@ const PMEM_BYTES: usize = 32 << 20;
 const ORIGIN_BLOCKS: u64 = 16384;
 /// Lanes made at format (each holds a key segment).
 const LANES: u64 = 8;
-
-thread_local! {
-    static DONE: RefCell<Vec<(usize, bool)>> = const { RefCell::new(Vec::new()) };
-}
-
-fn record(io: BdevIo, ok: bool, ctx: IoCtx) {
-    drop(io);
-    if let IoCtx::Word(w) = ctx {
-        DONE.with(|d| d.borrow_mut().push((w, ok)));
-    }
-}
-
-fn wait(h: &Harness, n: usize) -> Vec<(usize, bool)> {
-    for _ in 0..100_000 {
-        h.poll_until_idle(10);
-        if DONE.with(|d| d.borrow().len()) >= n {
-            break;
-        }
-    }
-    DONE.with(|d| std::mem::take(&mut *d.borrow_mut()))
-}
-
-fn iov(b: &DmaBuf) -> IoVec {
-    // SAFETY: the buffers outlive the harness loops that complete their I/O.
-    unsafe { b.iovec() }
-}
 
 /// Block `lba`'s content in version `tag`.
 fn fill_block(dst: &mut [u8], lba: u64, tag: u64) {

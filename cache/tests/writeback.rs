@@ -2,44 +2,20 @@
 //! log order (newest version of each block, unmaps as zeroes), the written-back sequence survives
 //! a delete + re-create, and origin errors are retried until everything is written.
 
+mod common;
+use common::{iov, record, wait};
+
 use bdev::error_inject::rpc::{ErrorCreateParams, ErrorInjectParams, ErrorType, InjectIoType};
 use bdev::malloc::{self, rpc::MallocCreateParams};
-use bdev::{Bdev, BdevChannel, BdevDesc, BdevIo, DmaBuf, IoCtx, IoFlags, IoVec};
+use bdev::{Bdev, BdevChannel, BdevDesc, DmaBuf, IoCtx, IoFlags};
 use cache::instance::Cache;
 use cache::params::CreateParams;
 use cache::writeback::{self, SLOW_INTERVAL_US, Throttle, batch_interval_us};
 use pmem::{Pmem, PmemFile};
 use poller::Harness;
-use std::cell::RefCell;
 use std::sync::Arc;
 
 const BS: usize = 4096;
-
-thread_local! {
-    static DONE: RefCell<Vec<(usize, bool)>> = const { RefCell::new(Vec::new()) };
-}
-
-fn record(io: BdevIo, ok: bool, ctx: IoCtx) {
-    drop(io);
-    if let IoCtx::Word(w) = ctx {
-        DONE.with(|d| d.borrow_mut().push((w, ok)));
-    }
-}
-
-fn wait(h: &Harness, n: usize) -> Vec<(usize, bool)> {
-    for _ in 0..10_000 {
-        h.poll_until_idle(10);
-        if DONE.with(|d| d.borrow().len()) >= n {
-            break;
-        }
-    }
-    DONE.with(|d| std::mem::take(&mut *d.borrow_mut()))
-}
-
-fn iov(b: &DmaBuf) -> IoVec {
-    // SAFETY: the buffers outlive the harness loops that complete their I/O.
-    unsafe { b.iovec() }
-}
 
 fn block(tag: u64) -> DmaBuf {
     let mut b = DmaBuf::new(BS, 4096).unwrap();
