@@ -56,6 +56,13 @@ impl std::fmt::Debug for IoCtx {
 
 pub type SubmitResult = Result<(), SubmitError>;
 
+/// Where a submit's buffers come from: the caller, or the parent I/O parked in the context.
+#[derive(Clone, Copy)]
+enum Buffers<'a> {
+    Given(&'a [IoVec]),
+    Parent,
+}
+
 /// A thread's handle for submitting I/O to a bdev through one descriptor.
 #[derive(Clone)]
 pub struct BdevChannel {
@@ -74,7 +81,7 @@ impl BdevChannel {
     ) -> SubmitResult {
         self.submit(
             IoType::Read,
-            iovs,
+            Buffers::Given(iovs),
             offset_blocks,
             num_blocks,
             IoFlags::default(),
@@ -94,7 +101,7 @@ impl BdevChannel {
     ) -> SubmitResult {
         self.submit(
             IoType::Write,
-            iovs,
+            Buffers::Given(iovs),
             offset_blocks,
             num_blocks,
             flags,
@@ -112,7 +119,7 @@ impl BdevChannel {
     ) -> SubmitResult {
         self.submit(
             IoType::Unmap,
-            &[],
+            Buffers::Given(&[]),
             offset_blocks,
             num_blocks,
             IoFlags::default(),
@@ -130,7 +137,7 @@ impl BdevChannel {
     ) -> SubmitResult {
         self.submit(
             IoType::WriteZeroes,
-            &[],
+            Buffers::Given(&[]),
             offset_blocks,
             num_blocks,
             IoFlags::default(),
@@ -148,7 +155,7 @@ impl BdevChannel {
     ) -> SubmitResult {
         self.submit(
             IoType::Flush,
-            &[],
+            Buffers::Given(&[]),
             offset_blocks,
             num_blocks,
             IoFlags::default(),
@@ -158,7 +165,44 @@ impl BdevChannel {
     }
 
     pub fn reset(&self, cb: IoCallback, ctx: IoCtx) -> SubmitResult {
-        self.submit(IoType::Reset, &[], 0, 0, IoFlags::default(), cb, ctx)
+        self.submit(
+            IoType::Reset,
+            Buffers::Given(&[]),
+            0,
+            0,
+            IoFlags::default(),
+            cb,
+            ctx,
+        )
+    }
+
+    /// Sends `parent` down this channel as a child of the same type, range, buffers and flags
+    /// (a vbdev passing I/O to its base); `cb` gets the child with the parent in `IoCtx::Io`. A
+    /// child that cannot be had now calls `retry` with the parent once an I/O frees; any other
+    /// refusal fails the parent with its errno.
+    pub fn forward(&self, parent: BdevIo, cb: IoCallback, retry: fn(IoCtx)) {
+        let (t, offset, blocks, flags) = (
+            parent.io_type(),
+            parent.offset_blocks(),
+            parent.num_blocks(),
+            parent.flags(),
+        );
+        let Err(e) = self.submit(
+            t,
+            Buffers::Parent,
+            offset,
+            blocks,
+            flags,
+            cb,
+            IoCtx::Io(parent),
+        ) else {
+            return;
+        };
+        let IoCtx::Io(parent) = e.ctx else { return };
+        match e.error {
+            BdevError::NoMemory => self.queue_io_wait(retry, IoCtx::Io(parent)),
+            err => parent.fail(err.errno()),
+        }
     }
 
     /// Calls `f(ctx)` on this thread once an I/O is free again (after a NoMemory submit).
@@ -203,13 +247,19 @@ impl BdevChannel {
     fn submit(
         &self,
         io_type: IoType,
-        iovs: &[IoVec],
+        iovs: Buffers<'_>,
         offset_blocks: u64,
         num_blocks: u64,
         flags: IoFlags,
         cb: IoCallback,
         ctx: IoCtx,
     ) -> SubmitResult {
+        // A forwarded child's buffers are its parent's, parked in the context.
+        let iovs = match (&ctx, iovs) {
+            (_, Buffers::Given(iovs)) => iovs,
+            (IoCtx::Io(parent), Buffers::Parent) => parent.iovs(),
+            (_, Buffers::Parent) => &[],
+        };
         if let Err(error) = self.check(io_type, iovs, offset_blocks, num_blocks) {
             return Err(SubmitError { error, ctx });
         }

@@ -10,7 +10,7 @@ pub mod rpc;
 
 use crate::{
     Bdev, BdevChannel, BdevChannelOps, BdevDesc, BdevError, BdevEvent, BdevIo, BdevModule, BdevOps,
-    BdevProps, IoCtx, IoStatus, IoType, IoVec, SubmitError, SubmitResult,
+    BdevProps, IoCtx, IoStatus, IoType,
 };
 use poller::{IoChannel, IoDevice, PollStatus, Poller, Thread};
 use rpc::{DelayCreateParams, LatencyType};
@@ -123,7 +123,6 @@ struct DelayChannel {
     poller: Poller,
     /// xorshift state for the one-in-a-hundred p99 pick.
     rand: Cell<u64>,
-    iovs: Cell<Vec<IoVec>>,
     /// Resets waiting for the abort walk over every channel to come back.
     resets: RefCell<VecDeque<BdevIo>>,
 }
@@ -167,7 +166,6 @@ impl DelayChannel {
             held,
             poller,
             rand: Cell::new(poller::time::ticks() | 1),
-            iovs: Cell::new(Vec::with_capacity(16)),
             resets: RefCell::new(VecDeque::new()),
         })
     }
@@ -235,56 +233,20 @@ impl HoldQueues {
 
 impl BdevChannelOps for DelayChannel {
     fn submit_request(&self, mut io: BdevIo) {
-        let (offset, blocks) = (io.offset_blocks(), io.num_blocks());
         io.driver_ctx()[0] = match io.io_type() {
             IoType::Read => self.pick(AVG_READ),
             IoType::Write => self.pick(AVG_WRITE),
             _ => NONE,
         };
-        let result = match io.io_type() {
-            IoType::Read | IoType::Write => self.forward_rw(io),
-            IoType::Flush => self.base.flush(offset, blocks, complete, IoCtx::Io(io)),
-            IoType::Unmap => self.base.unmap(offset, blocks, complete, IoCtx::Io(io)),
-            IoType::WriteZeroes => self
-                .base
-                .write_zeroes(offset, blocks, complete, IoCtx::Io(io)),
-            IoType::Reset => {
-                self.reset(io);
-                Ok(())
-            }
-        };
-        if let Err(e) = result {
-            self.refused(e);
+        if io.io_type() == IoType::Reset {
+            self.reset(io);
+        } else {
+            self.base.forward(io, complete, resubmit);
         }
     }
 }
 
 impl DelayChannel {
-    fn forward_rw(&self, io: BdevIo) -> SubmitResult {
-        let mut iovs = self.iovs.take();
-        iovs.clear();
-        iovs.extend_from_slice(io.iovs());
-        let (offset, blocks, flags) = (io.offset_blocks(), io.num_blocks(), io.flags());
-        let result = match io.io_type() {
-            IoType::Read => self
-                .base
-                .read(&iovs, offset, blocks, complete, IoCtx::Io(io)),
-            _ => self
-                .base
-                .write(&iovs, offset, blocks, flags, complete, IoCtx::Io(io)),
-        };
-        self.iovs.set(iovs);
-        result
-    }
-
-    fn refused(&self, e: SubmitError) {
-        let IoCtx::Io(io) = e.ctx else { return };
-        match e.error {
-            BdevError::NoMemory => self.base.queue_io_wait(resubmit, IoCtx::Io(io)),
-            err => io.fail(err.errno()),
-        }
-    }
-
     /// Aborts the I/Os every channel holds, then resets the base (SPDK's order).
     fn reset(&self, io: BdevIo) {
         self.resets.borrow_mut().push_back(io);
@@ -298,10 +260,8 @@ impl DelayChannel {
                     .and_then(|(n, t)| n.channels.existing_channel(&t));
                 let Some(ch) = ch else { return };
                 let io = ch.resets.borrow_mut().pop_front();
-                if let Some(io) = io
-                    && let Err(e) = ch.base.reset(complete, IoCtx::Io(io))
-                {
-                    ch.refused(e);
+                if let Some(io) = io {
+                    ch.base.forward(io, complete, resubmit);
                 }
             },
         );

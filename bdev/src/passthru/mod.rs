@@ -9,11 +9,10 @@ pub mod rpc;
 
 use crate::{
     Bdev, BdevChannel, BdevChannelOps, BdevDesc, BdevError, BdevEvent, BdevIo, BdevModule, BdevOps,
-    BdevProps, IoCtx, IoType, IoVec, SubmitError, SubmitResult,
+    BdevProps, IoCtx, IoType,
 };
 use rpc::PassthruCreateParams;
 use serde_json::{Value, json};
-use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -81,9 +80,6 @@ struct PtNode {
 
 struct PtChannel {
     base: BdevChannel,
-    /// Scratch copy of a parent's iovecs: the parent moves into the child's context while the
-    /// base copies the vectors, so they cannot be borrowed from it. Reused: no allocation per I/O.
-    iovs: Cell<Vec<IoVec>>,
 }
 
 // --- Per-I/O context: the parent I/O rides in the child's `IoCtx::Io` until the child completes;
@@ -93,50 +89,11 @@ struct PtChannel {
 
 impl BdevChannelOps for PtChannel {
     fn submit_request(&self, io: BdevIo) {
-        let (offset, blocks) = (io.offset_blocks(), io.num_blocks());
-        let result = match io.io_type() {
-            IoType::Read | IoType::Write => self.forward_rw(io),
-            IoType::Flush => self.base.flush(offset, blocks, complete, IoCtx::Io(io)),
-            IoType::Unmap => self.base.unmap(offset, blocks, complete, IoCtx::Io(io)),
-            IoType::WriteZeroes => self
-                .base
-                .write_zeroes(offset, blocks, complete, IoCtx::Io(io)),
-            IoType::Reset => self.base.reset(complete, IoCtx::Io(io)),
-        };
-        if let Err(e) = result {
-            self.refused(e);
-        }
+        self.base.forward(io, complete, resubmit);
     }
 }
 
-impl PtChannel {
-    /// Reads and writes go down with the same vectors and flags.
-    fn forward_rw(&self, io: BdevIo) -> SubmitResult {
-        let mut iovs = self.iovs.take();
-        iovs.clear();
-        iovs.extend_from_slice(io.iovs());
-        let (offset, blocks, flags) = (io.offset_blocks(), io.num_blocks(), io.flags());
-        let result = match io.io_type() {
-            IoType::Read => self
-                .base
-                .read(&iovs, offset, blocks, complete, IoCtx::Io(io)),
-            _ => self
-                .base
-                .write(&iovs, offset, blocks, flags, complete, IoCtx::Io(io)),
-        };
-        self.iovs.set(iovs);
-        result
-    }
-
-    /// Out of I/Os is normal: wait for one to free and try again. Anything else fails the parent.
-    fn refused(&self, e: SubmitError) {
-        let IoCtx::Io(io) = e.ctx else { return };
-        match e.error {
-            BdevError::NoMemory => self.base.queue_io_wait(resubmit, IoCtx::Io(io)),
-            err => io.fail(err.errno()),
-        }
-    }
-}
+impl PtChannel {}
 
 fn resubmit(ctx: IoCtx) {
     let IoCtx::Io(io) = ctx else { return };
@@ -171,7 +128,6 @@ impl BdevOps for PtNode {
             .ok_or_else(|| BdevError::Removing(self.name.clone()))?;
         Ok(Rc::new(PtChannel {
             base: desc.get_io_channel()?,
-            iovs: Cell::new(Vec::with_capacity(16)),
         }))
     }
 
