@@ -17,8 +17,10 @@
 //!    exactly the keys with `seq` ≤ P, for the largest P ≤ W that no key-set straddles (every
 //!    key-set lies wholly at or below P, or wholly above it): the dropped keys are then a prefix
 //!    of the write history, whatever blocks they name. With one writing lane every key-set
-//!    boundary is such a cut; with several, a cut appears whenever the lanes' open key-sets have
-//!    been sealed and written back (a quiet moment, a FLUSH, writeback's seal walk).
+//!    boundary is such a cut. With several writing all the time their key-sets overlap in
+//!    `seq` and chain into one another, so GC asks for cuts: every [`CUT_EVERY`] keys it
+//!    publishes the next `seq` as a cut request, and a lane seals its open key-set before
+//!    appending the first key at or above the request (`LaneLog::append_at_cut`).
 //! 4. **Evict.** For each dropped data key whose segment is still of its generation:
 //!    `Index::evict` over its blocks and its cache positions (entries a newer key replaced are
 //!    left alone), then one reference fewer on its data segment. Tombstones need nothing:
@@ -53,6 +55,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// Key-sets read per lane per round.
 pub const SETS_PER_LANE: usize = 64;
+/// Keys between two cut requests: each costs every writing lane one extra (smaller) key-set.
+pub const CUT_EVERY: u64 = 1024;
 /// A round copies forward at most 1 / this of the blocks it evicted.
 pub const SECOND_CHANCE_SHARE: u64 = 4;
 /// REFERENCED extents kept per round for a second chance.
@@ -69,6 +73,9 @@ pub struct GcShared {
     /// Writes waiting on a lane's defer list right now.
     deferred: AtomicU64,
     gc_percent: AtomicU32,
+    /// GC's cut request (0: none): lanes seal their open key-set before appending the first key
+    /// at or above it, so that with several lanes writing all the time a cut still appears.
+    cut_request: AtomicU64,
     /// A grace-period walk is in flight.
     walk: Arc<AtomicBool>,
 }
@@ -78,6 +85,7 @@ impl GcShared {
         GcShared {
             deferred: AtomicU64::new(0),
             gc_percent: AtomicU32::new(gc_percent),
+            cut_request: AtomicU64::new(0),
             walk: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -97,6 +105,21 @@ impl GcShared {
         let _ = self
             .deferred
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1));
+    }
+
+    /// Where GC asks the lanes to split their key-sets (0: nowhere).
+    pub fn cut_request(&self) -> u64 {
+        self.cut_request.load(Ordering::Relaxed)
+    }
+
+    /// Asks for a cut at `next_seq` (the next `seq` to be taken) once the last request is
+    /// [`CUT_EVERY`] keys old. Every key-set sealed so far lies below it and the lanes split
+    /// their open ones there, so the write history gets a cut every [`CUT_EVERY`] keys however
+    /// many lanes write at once; GC reclaims up to the newest one writeback has passed.
+    pub fn request_cut(&self, next_seq: u64) {
+        if next_seq.saturating_sub(self.cut_request()) >= CUT_EVERY {
+            self.cut_request.store(next_seq, Ordering::Relaxed);
+        }
     }
 
     pub fn gc_percent(&self) -> u32 {
@@ -201,6 +224,7 @@ impl Engine {
                 busy = true;
             }
         }
+        cache.gc.request_cut(cache.seq.load(Ordering::Relaxed));
         let deferred = cache.gc.deferred() > 0;
         let total = u64::from(cache.layout.segment_count());
         let used = u64::from(cache.segments.used());
@@ -537,10 +561,8 @@ impl Engine {
                             .is_ok_and(|n| n > 0);
                     if filled {
                         let key = cache.key_for(seq, lba, space.blocks, &space, crc, false);
-                        if lane.log.append(key)
-                            && let Err(err) = lane.seal(&cache.log_ctx())
-                        {
-                            tracing::error!(cache = %cache.name, "sealing a full key-set failed: {err}");
+                        if let Err(err) = cache.append_key(lane, key) {
+                            tracing::error!(cache = %cache.name, "appending a key failed: {err}");
                             break 'extents;
                         }
                         copied += u64::from(space.blocks);

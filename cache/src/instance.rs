@@ -217,6 +217,12 @@ impl Cache {
         self.index.insert_ordered(e, &self.seq).map(|(_, seq)| seq)
     }
 
+    /// Appends `key` to `lane`'s open key-set (sealing where GC asked for a cut, and when full).
+    pub fn append_key(&self, lane: &mut Lane, key: Key) -> Result<(), crate::log::LogError> {
+        lane.log
+            .append_at_cut(&self.log_ctx(), key, self.gc.cut_request())
+    }
+
     pub fn key_for(
         &self,
         seq: u64,

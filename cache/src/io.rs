@@ -104,10 +104,8 @@ fn write_continue(lane_ch: &LaneChannel, mut io: BdevIo) {
             return;
         };
         let key = cache.key_for(seq, key_lba, space.blocks, &space, crc, true);
-        if lane.log.append(key)
-            && let Err(e) = lane.seal(&cache.log_ctx())
-        {
-            tracing::error!(cache = %cache.name, "sealing a full key-set failed: {e}");
+        if let Err(e) = cache.append_key(lane, key) {
+            tracing::error!(cache = %cache.name, "appending a key failed: {e}");
             drop(lane_ref);
             io.fail(libc::EIO);
             return;
@@ -159,10 +157,8 @@ fn zero_range(lane_ch: &LaneChannel, io: BdevIo) {
             flags: crate::format::Key::UNMAP | crate::format::Key::DIRTY,
             ..Default::default()
         };
-        if lane.log.append(key)
-            && let Err(e) = lane.seal(&cache.log_ctx())
-        {
-            tracing::error!(cache = %cache.name, "sealing a full key-set failed: {e}");
+        if let Err(e) = cache.append_key(lane, key) {
+            tracing::error!(cache = %cache.name, "appending a key failed: {e}");
             drop(lane_ref);
             io.fail(libc::EIO);
             return;
@@ -394,10 +390,8 @@ fn promote(ch: &CacheBdevChannel, io: &BdevIo, m: u64, len: u32, version: u64) {
             }
         } else {
             let key = cache.key_for(seq, key_lba, space.blocks, &space, crc, false);
-            if lane.log.append(key)
-                && let Err(e) = lane.seal(&cache.log_ctx())
-            {
-                tracing::error!(cache = %cache.name, "sealing a full key-set failed: {e}");
+            if let Err(e) = cache.append_key(lane, key) {
+                tracing::error!(cache = %cache.name, "appending a key failed: {e}");
                 return;
             }
             Stats::add(

@@ -62,6 +62,11 @@ impl LaneShared {
         }
     }
 
+    /// The only `seq` still open is `seq` (raises the bound past the keys just sealed).
+    fn reopen_at(&self, seq: u64) {
+        self.min_open_seq.store(seq.max(1), Ordering::SeqCst);
+    }
+
     fn publish(&self, pos: LogPos) {
         self.persisted_head.store(
             (u64::from(pos.seg) << 32) | u64::from(pos.off),
@@ -155,8 +160,31 @@ impl LaneLog {
 
     /// Writes the open key-set to pmem and makes it durable (with the data it names).
     pub fn seal(&mut self, ctx: &LogCtx) -> Result<(), LogError> {
+        self.seal_keeping(ctx, None)
+    }
+
+    /// Appends `key` to the open key-set, sealing first when the set holds keys below `cut` and
+    /// `key` is at or above it (GC's cut request: then no key-set straddles `cut`), and after
+    /// when the set is full.
+    pub fn append_at_cut(&mut self, ctx: &LogCtx, key: Key, cut: u64) -> Result<(), LogError> {
+        if cut != 0 && key.seq >= cut && self.open.first().is_some_and(|k| k.seq < cut) {
+            // `key.seq` is taken but not yet in the set: it stays the lane's open bound.
+            self.seal_keeping(ctx, Some(key.seq))?;
+        }
+        if self.append(key) {
+            self.seal(ctx)?;
+        }
+        Ok(())
+    }
+
+    /// `seal`; `still_open`: a `seq` the owner holds but has not appended, which stays the
+    /// lane's published lower bound (clearing it even for a moment would let writeback take
+    /// that `seq` as durable).
+    fn seal_keeping(&mut self, ctx: &LogCtx, still_open: Option<u64>) -> Result<(), LogError> {
         if self.open.is_empty() {
-            self.shared.clear_open();
+            if still_open.is_none() {
+                self.shared.clear_open();
+            }
             return Ok(());
         }
         let size = kset_size(self.open.len()) as u32;
@@ -173,7 +201,10 @@ impl LaneLog {
         self.next_seq += 1;
         self.open.clear();
         self.shared.publish(self.head);
-        self.shared.clear_open();
+        match still_open {
+            Some(seq) => self.shared.reopen_at(seq),
+            None => self.shared.clear_open(),
+        }
         Ok(())
     }
 

@@ -187,8 +187,25 @@ impl Env {
 
 #[test]
 fn writing_more_than_the_cache_holds_completes_and_reads_back() {
-    let mut e = env("gc1", 1, 70);
-    let (d, ch) = open_on(&e.h, 0, "gc1_cache", true);
+    fill_past_capacity("gc1", 1);
+}
+
+/// Two threads writing all the time: their lanes' key-sets interleave in `seq`, and GC still
+/// finds cuts (the lanes split their open key-sets where GC asks).
+#[test]
+fn two_lanes_writing_past_capacity_complete_and_read_back() {
+    fill_past_capacity("gc2l", 2);
+}
+
+/// Writes 1.5× the cache, 16 KiB at a time with 32 in flight, spread over `threads` threads
+/// (each its own lane), then reads everything back through the cache and from the origin.
+fn fill_past_capacity(prefix: &str, threads: usize) {
+    let mut e = env(prefix, threads, 70);
+    let name = format!("{prefix}_cache");
+    let chans: Vec<(BdevDesc, BdevChannel)> = (0..threads)
+        .map(|t| open_on(&e.h, t, &name, true))
+        .collect();
+    let ch = &chans[0].1;
     let total = e.cache.layout.segment_count() as u64 * (1 << 20) / BS as u64;
     // 1.5× the whole cache, 16 KiB writes, 32 in flight.
     let per_io = 4usize;
@@ -201,20 +218,22 @@ fn writing_more_than_the_cache_holds_completes_and_reads_back() {
         let bufs: Vec<DmaBuf> = (next..next + n)
             .map(|i| blocks(i * per_io as u64, per_io, 1))
             .collect();
-        e.h.run_on(0, || {
-            for (k, b) in bufs.iter().enumerate() {
-                let lba = (next + k as u64) * per_io as u64;
-                ch.write(
-                    &[iov(b)],
-                    lba,
-                    per_io as u64,
-                    IoFlags::default(),
-                    record,
-                    IoCtx::Word(100),
-                )
-                .unwrap();
-            }
-        });
+        for (t, (_, tch)) in chans.iter().enumerate() {
+            e.h.run_on(t, || {
+                for (k, b) in bufs.iter().enumerate().skip(t).step_by(threads) {
+                    let lba = (next + k as u64) * per_io as u64;
+                    tch.write(
+                        &[iov(b)],
+                        lba,
+                        per_io as u64,
+                        IoFlags::default(),
+                        record,
+                        IoCtx::Word(100),
+                    )
+                    .unwrap();
+                }
+            });
+        }
         let done = wait(&e.h, n as usize);
         assert_eq!(
             done.len(),
@@ -254,7 +273,7 @@ fn writing_more_than_the_cache_holds_completes_and_reads_back() {
             "lba {lba} on the origin"
         );
     }
-    drop((och, od, ch, d));
+    drop((och, od, chans));
     e.teardown();
 }
 

@@ -177,3 +177,64 @@ fn a_damaged_key_set_with_later_ones_behind_it_is_reported() {
     assert_eq!(err.errno(), libc::EIO);
     assert!(err.to_string().contains("damaged"), "{err}");
 }
+
+/// GC's cut request: the first key at or above it seals the keys below it into their own
+/// key-set, and the lane's published open bound stays at that key until it is sealed too.
+#[test]
+fn a_key_at_the_cut_request_seals_the_keys_below_it_first() {
+    let pmem = Arc::new(CrashPmem::new(10 << 20));
+    let origin = OriginId {
+        uuid: uuid::Uuid::new_v4(),
+        blocks: 1 << 20,
+        block_size: 4096,
+    };
+    let mut params = FormatParams::new(uuid::Uuid::new_v4(), origin, 1);
+    params.segment_size = 1 << 20;
+    format::format(&*pmem, &params).unwrap();
+    let meta = format::open(&*pmem, &origin).unwrap();
+    let segments = SegmentTable::new(meta.gens.clone());
+    segments.mark_used(0, SegUse::Key { lane: 0 }).unwrap();
+    let ctx = LogCtx {
+        pmem: &*pmem,
+        layout: &meta.layout,
+        segments: &segments,
+        format_id: params.format_id,
+    };
+    let start = LogPos { seg: 0, off: 0 };
+    let mut log = LaneLog::new(0, params.format_id, start, meta.gens[0], 1);
+    // Keys 3, 5, 7 (other lanes took the seqs between); the cut request is 6.
+    for seq in [3, 5] {
+        log.shared().open_from(seq);
+        log.append_at_cut(&ctx, key(seq), 6).unwrap();
+    }
+    assert_eq!(log.head(), start, "nothing at or above the cut yet");
+    log.append_at_cut(&ctx, key(7), 6).unwrap();
+    assert_ne!(log.head(), start, "3 and 5 were sealed before 7 went in");
+    assert_eq!(log.shared().persisted_head(), log.head());
+    assert_eq!(
+        log.open_keys().iter().map(|k| k.seq).collect::<Vec<_>>(),
+        [7]
+    );
+    assert_eq!(log.shared().min_open_seq(), Some(7));
+    // No request (0) or a request below the open keys: no early seal.
+    log.append_at_cut(&ctx, key(9), 0).unwrap();
+    log.append_at_cut(&ctx, key(11), 6).unwrap();
+    assert_eq!(log.open_keys().len(), 3);
+    log.seal(&ctx).unwrap();
+    assert_eq!(log.shared().min_open_seq(), None);
+    let mut sets = Vec::new();
+    walk(
+        &*pmem,
+        &meta.layout,
+        &meta.gens,
+        params.format_id,
+        0,
+        start,
+        |f| {
+            sets.push(f.keys.iter().map(|k| k.seq).collect::<Vec<_>>());
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(sets, [vec![3, 5], vec![7, 9, 11]]);
+}
