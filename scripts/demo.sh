@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds pcache and starts pcache_tgt on the demo config: an emulated pmem file and a file origin,
-# served over JSON-RPC on /var/tmp/spdk.sock (override with PCACHE_RPC_SOCK). Ctrl-C stops it.
+# Builds pcache and starts pcache_tgt on the demo config: a pcache bdev, Pcache0, caching a file
+# origin (Origin0) in an emulated pmem file (Pmem0), served over JSON-RPC on /var/tmp/spdk.sock
+# (override with PCACHE_RPC_SOCK). Ctrl-C stops it; the next run reattaches to the cache it left.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 state=${PCACHE_DEMO_DIR:-/var/tmp/pcache-demo}

@@ -64,7 +64,7 @@ fn every_example_config_starts_and_stops_cleanly() {
             .unwrap()
             .replace("@STATE@", dir.path().to_str().unwrap())
             .replace("/var/tmp/", &format!("{}/", dir.path().display()));
-        for name in ["origin.img", "pcache-uring.img"] {
+        for name in ["origin.img", "pcache-uring.img", "pcache-origin.img"] {
             let f = std::fs::File::create(dir.path().join(name)).unwrap();
             f.set_len(64 << 20).unwrap();
         }
@@ -84,9 +84,45 @@ fn every_example_config_starts_and_stops_cleanly() {
             "{}: clean shutdown\n{log}",
             path.display()
         );
+        if text.contains("bdev_pcache_create") {
+            assert!(
+                log.contains("pcache stopped cleanly"),
+                "{}: the cache stops cleanly\n{log}",
+                path.display()
+            );
+        }
         seen += 1;
     }
     assert!(seen >= 7, "example configs found: {seen}");
+}
+
+/// scripts/demo.sh keeps its state between runs: the second start must find the cache it left
+/// (same origin identity, so no "format" needed) and reattach to it, not fail or reformat.
+#[test]
+fn the_demo_config_restarts_on_its_own_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let text = std::fs::read_to_string(root.join("demo.json"))
+        .unwrap()
+        .replace("@STATE@", dir.path().to_str().unwrap());
+    let f = std::fs::File::create(dir.path().join("origin.img")).unwrap();
+    f.set_len(64 << 20).unwrap();
+    let config = dir.path().join("demo.json");
+    std::fs::write(&config, &text).unwrap();
+    let (code, log) = run_until_ready(&config, dir.path());
+    assert_eq!(code, 0, "first start\n{log}");
+    assert!(
+        log.contains("cache formatted"),
+        "first start formats\n{log}"
+    );
+    let (code, log) = run_until_ready(&config, dir.path());
+    assert_eq!(code, 0, "second start\n{log}");
+    assert_eq!(log.matches("bdev ready").count(), 3, "{log}");
+    assert!(
+        log.contains("log replayed") && !log.contains("cache formatted"),
+        "second start reattaches\n{log}"
+    );
+    assert!(log.contains("pcache stopped cleanly"), "{log}");
 }
 
 #[test]
