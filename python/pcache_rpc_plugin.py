@@ -73,6 +73,24 @@ def bdev_pcache_get_stats(client, name):
     return _call(client, "bdev_pcache_get_stats", name=name)
 
 
+def bdev_pcache_reset_stats(client, name):
+    """Set a pcache bdev's counters back to 0."""
+    return _call(client, "bdev_pcache_reset_stats", name=name)
+
+
+def bdev_pcache_set_options(client, name, mode=None, gc_percent=None, promotion_threshold=None,
+                            sequential_cutoff=None, writeback_dirty_target=None,
+                            writeback_rate_limit=None):
+    """Change a pcache bdev's mode or tunables at runtime; options not given stay.
+
+    Leaving writeback starts a flush: the other modes write around the cache.
+    """
+    return _call(client, "bdev_pcache_set_options", name=name, mode=mode, gc_percent=gc_percent,
+                 promotion_threshold=promotion_threshold, sequential_cutoff=sequential_cutoff,
+                 writeback_dirty_target=writeback_dirty_target,
+                 writeback_rate_limit=writeback_rate_limit)
+
+
 def bdev_pcache_flush_start(client, name):
     """Start writing every dirty byte back to the origin."""
     return _call(client, "bdev_pcache_flush_start", name=name)
@@ -205,11 +223,37 @@ def _add_pcache_verbs(subparsers):
             help="Upper bound for writeback in bytes per second (0: unlimited)")
     p.set_defaults(func=create)
 
+    def set_options(args):
+        bdev_pcache_set_options(
+            args.client, name=args.name, mode=args.mode, gc_percent=args.gc_percent,
+            promotion_threshold=args.promotion_threshold,
+            sequential_cutoff=args.sequential_cutoff,
+            writeback_dirty_target=args.writeback_dirty_target,
+            writeback_rate_limit=args.writeback_rate_limit)
+
+    p = _verb(subparsers, "bdev_pcache_set_options",
+              "Change a pcache bdev's mode or tunables at runtime (options not given stay)")
+    _option(p, "name", help="Name of the pcache bdev")
+    _option(p, "-m", "--mode", choices=CACHE_MODES,
+            help="Cache mode (leaving writeback starts writing dirty data back)")
+    _option(p, "-g", "--gc-percent", type=int, help="Reclaim segments past this percent (0-90)")
+    _option(p, "--promotion-threshold", type=int,
+            help="Cache a read miss after this many misses (0 or 1: always)")
+    _option(p, "--sequential-cutoff", type=int,
+            help="Streams longer than this many bytes bypass the cache (0: off)")
+    _option(p, "--writeback-dirty-target", type=int,
+            help="Write back slowly while dirty data stays under this percent of the cache")
+    _option(p, "--writeback-rate-limit", type=int,
+            help="Upper bound for writeback in bytes per second (0: unlimited)")
+    p.set_defaults(func=set_options)
+
     for verb, fn, help, prints in (
         ("bdev_pcache_delete", bdev_pcache_delete,
          "Delete a pcache bdev cleanly (dirty data stays in pmem for the next create)", False),
         ("bdev_pcache_get_stats", bdev_pcache_get_stats,
          "Show a pcache bdev's counters, occupancy and log positions", True),
+        ("bdev_pcache_reset_stats", bdev_pcache_reset_stats,
+         "Set a pcache bdev's counters back to 0", False),
         ("bdev_pcache_flush_start", bdev_pcache_flush_start,
          "Start writing every dirty byte back to the origin", True),
         ("bdev_pcache_flush_status", bdev_pcache_flush_status,

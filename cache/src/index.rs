@@ -583,7 +583,33 @@ impl Index {
         seq: &AtomicU64,
     ) -> Result<(Displaced, u64), IndexError> {
         let end = self.check(e)?;
-        let first = e.lba >> self.region_shift;
+        let mut held = self.lock_range(e.lba, end);
+        // SeqCst, like every other taker of the write sequence (writeback reasons about it).
+        let n = seq.fetch_add(1, Ordering::SeqCst);
+        Ok((self.insert_held(e, end, &mut held), n))
+    }
+
+    /// `remove_range` with a sequence number taken while the range's shards are locked, as in
+    /// `insert_ordered` (for an invalidation logged as a clean UNMAP key: replay then drops
+    /// exactly what readers stopped seeing). Ranges wider than the version slots take the
+    /// number after an unordered `remove_range`: only huge unmaps do, and the block layer does
+    /// not order them against overlapping I/O in flight anyway.
+    pub fn remove_ordered(&self, lba: u64, len: u32, seq: &AtomicU64) -> (Displaced, u64) {
+        let end = lba.saturating_add(u64::from(len.max(1)));
+        let regions = ((end - 1) >> self.region_shift) - (lba >> self.region_shift) + 1;
+        if regions > (self.shards.len() * VERSION_BUCKETS) as u64 {
+            let d = self.remove_range(lba, len);
+            return (d, seq.fetch_add(1, Ordering::SeqCst));
+        }
+        let mut held = self.lock_range(lba, end);
+        let n = seq.fetch_add(1, Ordering::SeqCst);
+        (self.drop_held(lba, end, CutMode::Drop, &mut held).into(), n)
+    }
+
+    /// Locks every shard [lba, end) touches, in ascending order (two inserts never wait on
+    /// each other in a cycle).
+    fn lock_range(&self, lba: u64, end: u64) -> HeldAll<'_> {
+        let first = lba >> self.region_shift;
         let last = (end - 1) >> self.region_shift;
         let mut held = HeldAll::default();
         if last - first >= self.shards.len() as u64 {
@@ -608,9 +634,7 @@ impl Index {
                 }
             }
         }
-        // SeqCst, like every other taker of the write sequence (writeback reasons about it).
-        let n = seq.fetch_add(1, Ordering::SeqCst);
-        Ok((self.insert_held(e, end, &mut held), n))
+        held
     }
 
     fn insert_held(&self, e: &Extent, end: u64, held: &mut impl Hold) -> Displaced {
@@ -791,8 +815,11 @@ impl Index {
         if regions > (self.shards.len() * VERSION_BUCKETS) as u64 {
             return self.drop_wide(lba, end, mode);
         }
+        self.drop_held(lba, end, mode, &mut Held::new(self))
+    }
+
+    fn drop_held(&self, lba: u64, end: u64, mode: CutMode, held: &mut impl Hold) -> Cutting {
         let mut cut = Cutting::default();
-        let mut held = Held::new(self);
         let mut cur = lba;
         while cur < end {
             let s = self.span(cur, end);

@@ -43,11 +43,70 @@ pub struct Stats {
     pub gc_evicted_bytes: AtomicU64,
     pub gc_second_chance_bytes: AtomicU64,
     pub gc_segments_freed: AtomicU64,
+    /// I/Os of sequential streams past the cutoff (they bypassed the cache).
+    pub sequential_bypassed: AtomicU64,
+    /// Cached bytes dropped because a write or unmap went to the origin around the cache.
+    pub bytes_invalidated: AtomicU64,
 }
 
 impl Stats {
     pub fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `bdev_pcache_reset_stats`: every counter back to 0 (the state — dirty bytes, occupancy,
+    /// log positions — is not a counter and stays).
+    pub fn reset(&self) {
+        let Stats {
+            read_hits,
+            read_misses,
+            read_partial_hits,
+            bytes_read_cache,
+            bytes_read_origin,
+            bytes_written_cache,
+            bytes_written_origin,
+            bytes_promoted,
+            crc_errors,
+            origin_errors,
+            deferred_writes,
+            keysets_sealed,
+            writeback_bytes,
+            writeback_batches,
+            writeback_keys,
+            gc_runs,
+            gc_keys,
+            gc_evicted_bytes,
+            gc_second_chance_bytes,
+            gc_segments_freed,
+            sequential_bypassed,
+            bytes_invalidated,
+        } = self;
+        for c in [
+            read_hits,
+            read_misses,
+            read_partial_hits,
+            bytes_read_cache,
+            bytes_read_origin,
+            bytes_written_cache,
+            bytes_written_origin,
+            bytes_promoted,
+            crc_errors,
+            origin_errors,
+            deferred_writes,
+            keysets_sealed,
+            writeback_bytes,
+            writeback_batches,
+            writeback_keys,
+            gc_runs,
+            gc_keys,
+            gc_evicted_bytes,
+            gc_second_chance_bytes,
+            gc_segments_freed,
+            sequential_bypassed,
+            bytes_invalidated,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -73,6 +132,10 @@ pub struct Cache {
     pub data_crc: bool,
     pub durable: bool,
     mode: AtomicU32,
+    /// Runtime tunables the data path reads on every I/O (`bdev_pcache_set_options`).
+    sequential_cutoff: AtomicU64,
+    promotion_threshold: AtomicU32,
+    pub promotion: crate::admission::PromotionFilter,
     pub stats: Stats,
     /// Lanes not owned by a channel right now.
     free_lanes: Mutex<Vec<Lane>>,
@@ -122,6 +185,9 @@ impl Cache {
                 data_crc: params.data_crc,
                 durable: params.durable,
                 mode: AtomicU32::new(params.mode as u32),
+                sequential_cutoff: AtomicU64::new(params.sequential_cutoff),
+                promotion_threshold: AtomicU32::new(params.promotion_threshold),
+                promotion: Default::default(),
                 stats: Stats::default(),
                 free_lanes: Mutex::new(lanes),
                 lane_heads: Mutex::new(heads),
@@ -147,6 +213,62 @@ impl Cache {
 
     pub fn set_mode(&self, m: CacheMode) {
         self.mode.store(m as u32, Ordering::Relaxed);
+    }
+
+    /// Bytes after which a sequential stream bypasses the cache (0: never).
+    pub fn sequential_cutoff(&self) -> u64 {
+        self.sequential_cutoff.load(Ordering::Relaxed)
+    }
+
+    /// Misses on a range before it is cached (0 or 1: the first).
+    pub fn promotion_threshold(&self) -> u32 {
+        self.promotion_threshold.load(Ordering::Relaxed)
+    }
+
+    /// Applies `bdev_pcache_set_options` (already checked): the runtime values, the saved
+    /// parameters (save_config) and the cache info on pmem. Leaving writeback starts a flush:
+    /// the other modes write around the cache, so its dirty data must reach the origin (writes
+    /// to blocks still dirty meanwhile keep going through the log, in order).
+    pub fn set_options(&self, o: &crate::params::SetOptionsParams) -> Result<(), String> {
+        let mut p = self.params.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = p.clone();
+        next.mode = o.mode.unwrap_or(next.mode);
+        next.gc_percent = o.gc_percent.unwrap_or(next.gc_percent);
+        next.promotion_threshold = o.promotion_threshold.unwrap_or(next.promotion_threshold);
+        next.sequential_cutoff = o.sequential_cutoff.unwrap_or(next.sequential_cutoff);
+        next.writeback_dirty_target = o
+            .writeback_dirty_target
+            .unwrap_or(next.writeback_dirty_target);
+        next.writeback_rate_limit = o.writeback_rate_limit.unwrap_or(next.writeback_rate_limit);
+        next.check()?;
+        {
+            let mut meta = self.meta();
+            let mut info = meta.info;
+            info.mode = next.mode.into();
+            info.gc_percent = next.gc_percent;
+            info.promotion = next.promotion_threshold;
+            info.seq_cutoff = next.sequential_cutoff;
+            info.writeback_target = u64::from(next.writeback_dirty_target) * 100;
+            info.writeback_rate = next.writeback_rate_limit;
+            let bytes = info.encode();
+            meta.info_slot
+                .write(&*self.pmem, &bytes)
+                .map_err(|e| format!("persisting the cache info failed: {e}"))?;
+            meta.info = info;
+        }
+        let leaving_writeback = p.mode == CacheMode::Writeback && next.mode != CacheMode::Writeback;
+        self.set_mode(next.mode);
+        self.gc.set_gc_percent(next.gc_percent);
+        self.promotion_threshold
+            .store(next.promotion_threshold, Ordering::Relaxed);
+        self.sequential_cutoff
+            .store(next.sequential_cutoff, Ordering::Relaxed);
+        *p = next;
+        drop(p);
+        if leaving_writeback {
+            crate::writeback::flush_start(self);
+        }
+        Ok(())
     }
 
     pub fn log_ctx(&self) -> LogCtx<'_> {
@@ -362,4 +484,6 @@ pub struct CacheBdevChannel {
     pub cache: Arc<Cache>,
     pub origin: BdevChannel,
     pub lane: poller::IoChannel<LaneChannel>,
+    /// This thread's recent sequential streams (for the sequential cutoff).
+    pub streams: crate::admission::Streams,
 }

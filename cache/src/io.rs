@@ -4,8 +4,20 @@
 //!   the way when data_crc is on), the new extent is indexed, its key appended to the lane's open
 //!   key-set. The write completes at once (volatile write cache), or once the key-set is sealed
 //!   (FUA, durable mode: the lane's poller seals once per iteration — group commit).
+//! - Writes in the other modes, and writes of a sequential stream past the cutoff, go to the
+//!   origin ([`write_to_origin`]): cached copies of the range are dropped first (logged as a clean
+//!   UNMAP key and sealed when there were any, so replay cannot bring them back), and again when
+//!   the origin completes (a read racing the write may have cached the old data); writethrough
+//!   then caches the new data as clean. A range that still holds dirty data (the cache is
+//!   leaving writeback and cleaning) takes the writeback path instead, so the log keeps the
+//!   order of the two writes and writeback sends the newer one last.
+//! - Unmap and write_zeroes: a tombstone in the log in writeback mode (writeback sends it to the
+//!   origin after older dirty data for the range); in the other modes straight to the origin
+//!   like a write, unless the range holds dirty data.
 //! - Reads: the index splits the range into hits (copied out of pmem, crc-checked when data_crc is
-//!   on) and misses (read from the origin, one after another, then cached as clean data).
+//!   on) and misses (read from the origin, one after another, then cached as clean data unless
+//!   the mode is passthrough, the read belongs to a sequential stream past the cutoff, or the
+//!   promotion threshold has not been reached for the range).
 //! - FLUSH seals every thread's open key-set (a walk over the lanes) before it completes.
 //!
 //! A parent I/O's progress (blocks done) lives in its `driver_ctx`; an origin read carries the
@@ -29,7 +41,11 @@ const SAW_HIT: u64 = 1 << 63;
 const SAW_MISS: u64 = 1 << 62;
 /// A write was deferred at least once (for the deferred_writes counter).
 const DEFERRED: u64 = 1 << 63;
-const DONE_MASK: u64 = SAW_MISS - 1;
+/// A read whose misses are not cached (passthrough, sequential stream past the cutoff).
+const NO_PROMOTE: u64 = 1 << 61;
+/// A write sent to the origin whose data is cached when the origin completes (writethrough).
+const CACHE_AFTER: u64 = 1 << 61;
+const DONE_MASK: u64 = NO_PROMOTE - 1;
 const MISS_LBA: usize = 1;
 const MISS_LEN: usize = 2;
 const MISS_VERSION: usize = 3;
@@ -38,18 +54,179 @@ impl BdevChannelOps for CacheBdevChannel {
     fn submit_request(&self, mut io: BdevIo) {
         io.driver_ctx()[DONE] = 0;
         self.cache.wb.note_io(self.origin.now());
+        let mode = self.cache.mode();
         match io.io_type() {
-            IoType::Read => read_continue(self, io),
-            IoType::Write => match self.cache.mode() {
-                CacheMode::Writeback => write_continue(&self.lane, io),
-                // Other modes are introduced with writeback and GC; until then they cache too.
-                _ => write_continue(&self.lane, io),
-            },
+            IoType::Read => {
+                let bypass = self.past_cutoff(&io);
+                if bypass || mode == CacheMode::Passthrough {
+                    io.driver_ctx()[DONE] = NO_PROMOTE;
+                }
+                read_continue(self, io)
+            }
+            IoType::Write => {
+                let bypass = self.past_cutoff(&io);
+                if mode == CacheMode::Writeback && !bypass || holds_dirty(&self.cache, &io) {
+                    write_continue(&self.lane, io)
+                } else {
+                    if mode == CacheMode::Writethrough && !bypass {
+                        io.driver_ctx()[DONE] = CACHE_AFTER;
+                    }
+                    write_to_origin(self, io)
+                }
+            }
             IoType::Flush => flush(self, io),
             IoType::Reset => io.complete_ok(),
-            IoType::Unmap | IoType::WriteZeroes => zero_range(&self.lane, io),
+            IoType::Unmap | IoType::WriteZeroes => {
+                if mode == CacheMode::Writeback
+                    || !self.origin.io_type_supported(io.io_type())
+                    || holds_dirty(&self.cache, &io)
+                {
+                    zero_range(&self.lane, io)
+                } else {
+                    write_to_origin(self, io)
+                }
+            }
         }
     }
+}
+
+impl CacheBdevChannel {
+    /// Whether `io` continues a sequential stream longer than the cutoff (always false when
+    /// the cutoff is 0). Streams are tracked per channel, a few at a time.
+    fn past_cutoff(&self, io: &BdevIo) -> bool {
+        let cutoff = self.cache.sequential_cutoff();
+        if cutoff == 0 {
+            return false;
+        }
+        let bytes = io.num_blocks() * u64::from(self.cache.block_size);
+        let run = self
+            .streams
+            .note(io.offset_blocks(), io.num_blocks(), bytes);
+        let past = run > cutoff;
+        if past {
+            Stats::add(&self.cache.stats.sequential_bypassed, 1);
+        }
+        past
+    }
+}
+
+/// Whether the index holds dirty data (or a dirty tombstone) in `io`'s range.
+fn holds_dirty(cache: &Cache, io: &BdevIo) -> bool {
+    let mut dirty = false;
+    let (lba, n) = (io.offset_blocks(), io.num_blocks());
+    let mut at = lba;
+    while at < lba + n && !dirty {
+        let len = (lba + n - at).min(u64::from(u32::MAX)) as u32;
+        cache.index.lookup(at, len, |piece| {
+            dirty |= matches!(piece, Piece::Hit(e) if e.dirty);
+        });
+        at += u64::from(len);
+    }
+    dirty
+}
+
+/// A write (or, outside writeback, an unmap or write_zeroes) that goes to the origin: the
+/// range's cached copies are dropped first, then the I/O is passed down.
+fn write_to_origin(ch: &CacheBdevChannel, io: BdevIo) {
+    if let Err(errno) = invalidate(&ch.lane, io.offset_blocks(), io.num_blocks()) {
+        io.fail(errno);
+        return;
+    }
+    ch.origin.forward(io, origin_write_done, retry_origin_write);
+}
+
+fn retry_origin_write(ctx: IoCtx) {
+    let IoCtx::Io(io) = ctx else { return };
+    match io.module_channel::<CacheBdevChannel>() {
+        Some(ch) => ch.origin.forward(io, origin_write_done, retry_origin_write),
+        None => io.fail(libc::ENODEV),
+    }
+}
+
+fn origin_write_done(child: BdevIo, ok: bool, ctx: IoCtx) {
+    let status = child.status();
+    drop(child);
+    let IoCtx::Io(mut io) = ctx else { return };
+    let Some(ch) = io.module_channel::<CacheBdevChannel>() else {
+        io.fail(libc::ENODEV);
+        return;
+    };
+    let cache = &ch.cache;
+    if !ok {
+        Stats::add(&cache.stats.origin_errors, 1);
+        io.fail(match status {
+            IoStatus::Failed(e) => e,
+            _ => libc::EIO,
+        });
+        return;
+    }
+    let (lba, n) = (io.offset_blocks(), io.num_blocks());
+    if io.io_type() == IoType::Write {
+        Stats::add(
+            &cache.stats.bytes_written_origin,
+            n * u64::from(cache.block_size),
+        );
+    }
+    // A read that began after the first invalidation may have cached what the origin held
+    // before this write: writethrough replaces it with the new data, the others drop it again.
+    let cached = io.driver_ctx()[DONE] & CACHE_AFTER != 0
+        && n <= u64::from(u32::MAX)
+        && cache_copy(&ch.lane, io.iovs(), 0, lba, n as u32, Fill::Newest);
+    if !cached && let Err(errno) = invalidate(&ch.lane, lba, n) {
+        io.fail(errno);
+        return;
+    }
+    io.complete_ok();
+}
+
+/// Drops every cached copy in [lba, lba + n). When there was one, the drop is logged (a clean
+/// UNMAP key) and sealed before this returns: the origin is about to change under it, and
+/// replay must not bring the old copy back. Fills in flight for the range give way either way.
+fn invalidate(lane_ch: &LaneChannel, lba: u64, n: u64) -> Result<(), i32> {
+    let cache = &lane_ch.cache;
+    let mut done = 0u64;
+    while done < n {
+        let len = (n - done).min(u64::from(u32::MAX)) as u32;
+        let at = lba + done;
+        done += u64::from(len);
+        let mut cached = false;
+        cache.index.lookup(at, len, |piece| {
+            cached |= matches!(piece, Piece::Hit(_));
+        });
+        if !cached {
+            cache.index.remove_range(at, len);
+            continue;
+        }
+        let mut lane_ref = lane_ch.lane.borrow_mut();
+        let Some(lane) = lane_ref.as_mut() else {
+            return Err(libc::EBUSY);
+        };
+        let shared = lane.log.shared();
+        if shared.min_open_seq().is_none() {
+            shared.open_from(cache.seq.load(std::sync::atomic::Ordering::SeqCst));
+        }
+        let (dropped, seq) = cache.index.remove_ordered(at, len, &cache.seq);
+        let key = crate::format::Key {
+            seq,
+            origin_off: at,
+            len,
+            flags: crate::format::Key::UNMAP,
+            ..Default::default()
+        };
+        let logged = cache
+            .append_key(lane, key)
+            .and_then(|()| lane.seal(&cache.log_ctx()));
+        if let Err(e) = logged {
+            tracing::error!(cache = %cache.name, "logging an invalidation failed: {e}");
+            return Err(libc::EIO);
+        }
+        Stats::add(&cache.stats.keysets_sealed, 1);
+        Stats::add(
+            &cache.stats.bytes_invalidated,
+            dropped.total() * u64::from(cache.block_size),
+        );
+    }
+    Ok(())
 }
 
 /// Writes the rest of `io` into the lane; defers it when the cache is full.
@@ -248,7 +425,7 @@ fn read_continue(ch: &CacheBdevChannel, mut io: BdevIo) {
         return;
     };
     let ctx = io.driver_ctx();
-    ctx[DONE] = (m + u64::from(len) - lba) | seen | SAW_MISS;
+    ctx[DONE] = (m + u64::from(len) - lba) | seen | SAW_MISS | (word & NO_PROMOTE);
     ctx[MISS_LBA] = m;
     ctx[MISS_LEN] = u64::from(len);
     ctx[MISS_VERSION] = version;
@@ -341,66 +518,93 @@ fn origin_read_done(child: BdevIo, ok: bool, ctx: IoCtx) {
         &ch.cache.stats.bytes_read_origin,
         u64::from(len) * u64::from(ch.cache.block_size),
     );
-    promote(&ch, &io, m, len, version);
+    if d[DONE] & NO_PROMOTE == 0 && ch.cache.promotion.admit(m, ch.cache.promotion_threshold()) {
+        let off = ((m - io.offset_blocks()) * u64::from(ch.cache.block_size)) as usize;
+        cache_copy(&ch.lane, io.iovs(), off, m, len, Fill::IfUnchanged(version));
+    }
     read_continue(&ch, io);
 }
 
-/// Caches what a miss read from the origin, as clean data, unless the range changed meanwhile.
-fn promote(ch: &CacheBdevChannel, io: &BdevIo, m: u64, len: u32, version: u64) {
-    let cache = &ch.cache;
+/// How [`cache_copy`] maps clean data it copied into the cache.
+#[derive(Clone, Copy)]
+enum Fill {
+    /// A read miss: only blocks still unmapped, and only if the range did not change since
+    /// `version` (taken before the origin read).
+    IfUnchanged(u64),
+    /// Writethrough: the newest data for the range, over whatever is cached.
+    Newest,
+}
+
+/// Copies `len` blocks at byte `src_off` of `iovs` into the lane as clean data for origin
+/// blocks from `lba`, and logs their keys. False when not all of it was cached (no space, or a
+/// fill that gave way).
+fn cache_copy(
+    lane_ch: &LaneChannel,
+    iovs: &[IoVec],
+    src_off: usize,
+    lba: u64,
+    len: u32,
+    how: Fill,
+) -> bool {
+    let cache = &lane_ch.cache;
     let bs = cache.block_size;
-    let lba = io.offset_blocks();
-    let mut lane_ref = ch.lane.lane.borrow_mut();
+    let mut lane_ref = lane_ch.lane.borrow_mut();
     let Some(lane) = lane_ref.as_mut() else {
-        return;
+        return false;
     };
     let mut done = 0u32;
+    let mut all = true;
     while done < len {
         let Some(space) = lane.alloc_data(
             &cache.segments,
             &cache.layout,
             (len - done).min(MAX_KEY_BLOCKS),
         ) else {
-            return;
+            return false;
         };
         let pos = crate::segments::cache_pos(&cache.layout, space.seg, space.off);
         let mut at = cache.pos_offset(pos);
         let mut crc = 0u32;
-        let src_off = ((m - lba) as usize + done as usize) * bs as usize;
-        iov::for_each_range(io.iovs(), src_off, (space.blocks * bs) as usize, |src| {
+        let off = src_off + done as usize * bs as usize;
+        iov::for_each_range(iovs, off, (space.blocks * bs) as usize, |src| {
             if cache.data_crc {
                 crc = crc32c::crc32c_append(crc, src);
             }
             let _ = cache.pmem.write_nt(at, src);
             at += src.len() as u64;
         });
-        let key_lba = m + u64::from(done);
-        let seq = cache.take_seq(lane);
-        let filled = cache
-            .index
-            .fill(
-                &Extent::key(key_lba, space.blocks, pos, crc, false),
-                version,
-            )
-            .is_ok_and(|n| n > 0);
-        if !filled {
+        let key_lba = lba + u64::from(done);
+        let extent = Extent::key(key_lba, space.blocks, pos, crc, false);
+        let seq = match how {
+            Fill::IfUnchanged(version) => {
+                let seq = cache.take_seq(lane);
+                let filled = cache.index.fill(&extent, version).is_ok_and(|n| n > 0);
+                filled.then_some(seq)
+            }
+            Fill::Newest => cache.insert_ordered(lane, &extent).ok(),
+        };
+        let Some(seq) = seq else {
             // No key names the space: give its reference back (GC could never drop it).
             if cache.segments.put_ref(space.seg) {
                 cache.segments.retire(space.seg);
             }
-        } else {
-            let key = cache.key_for(seq, key_lba, space.blocks, &space, crc, false);
-            if let Err(e) = cache.append_key(lane, key) {
-                tracing::error!(cache = %cache.name, "appending a key failed: {e}");
-                return;
-            }
-            Stats::add(
-                &cache.stats.bytes_promoted,
-                u64::from(space.blocks) * u64::from(bs),
-            );
+            all = false;
+            done += space.blocks;
+            continue;
+        };
+        let key = cache.key_for(seq, key_lba, space.blocks, &space, crc, false);
+        if let Err(e) = cache.append_key(lane, key) {
+            tracing::error!(cache = %cache.name, "appending a key failed: {e}");
+            return false;
         }
+        let counter = match how {
+            Fill::IfUnchanged(_) => &cache.stats.bytes_promoted,
+            Fill::Newest => &cache.stats.bytes_written_cache,
+        };
+        Stats::add(counter, u64::from(space.blocks) * u64::from(bs));
         done += space.blocks;
     }
+    all
 }
 
 /// FLUSH: every thread seals its open key-set, then the flush completes on this thread.

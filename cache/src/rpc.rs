@@ -1,7 +1,7 @@
 //! `bdev_pcache_*` RPC methods: decode, act, answer.
 
 use crate::instance::Cache;
-use crate::params::CreateParams;
+use crate::params::{CreateParams, SetOptionsParams};
 use bdev::Bdev;
 use rpc::{Responder, RpcError, StateMask};
 use serde::Deserialize;
@@ -77,6 +77,10 @@ pub fn stats_json(cache: &Cache) -> Value {
         "next_seq": cache.seq.load(Ordering::Relaxed),
         "key_heads": heads,
         "tails": tails,
+        "sequential_bypassed": g(&s.sequential_bypassed),
+        "bytes_invalidated": g(&s.bytes_invalidated),
+        "promotion_threshold": cache.promotion_threshold(),
+        "sequential_cutoff": cache.sequential_cutoff(),
         "crc_errors": g(&s.crc_errors),
         "origin_errors": g(&s.origin_errors),
         "writeback_bytes": g(&s.writeback_bytes),
@@ -115,6 +119,27 @@ pub fn register_rpcs() {
         "bdev_pcache_get_stats",
         StateMask::RUNTIME,
         |p: NameParams, r: Responder| r.result(cache_named(&p.name).map(|c| stats_json(&c))),
+    );
+    rpc::register(
+        "bdev_pcache_reset_stats",
+        StateMask::RUNTIME,
+        |p: NameParams, r: Responder| {
+            r.result(cache_named(&p.name).map(|c| {
+                c.stats.reset();
+                json!(true)
+            }))
+        },
+    );
+    rpc::register(
+        "bdev_pcache_set_options",
+        StateMask::RUNTIME,
+        |p: SetOptionsParams, r: Responder| {
+            r.result(cache_named(&p.name).and_then(|c| {
+                c.set_options(&p)
+                    .map(|()| json!(true))
+                    .map_err(|m| RpcError::errno_msg(libc::EINVAL, m))
+            }))
+        },
     );
     rpc::register(
         "bdev_pcache_flush_start",

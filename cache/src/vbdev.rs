@@ -68,6 +68,7 @@ impl BdevOps for PcacheOps {
             cache,
             origin,
             lane,
+            streams: Default::default(),
         }))
     }
 
@@ -104,6 +105,10 @@ fn info_json(cache: &Cache) -> Value {
         "data_crc": cache.data_crc,
         "durable": cache.durable,
         "gc_percent": p.gc_percent,
+        "promotion_threshold": p.promotion_threshold,
+        "sequential_cutoff": p.sequential_cutoff,
+        "writeback_dirty_target": p.writeback_dirty_target,
+        "writeback_rate_limit": p.writeback_rate_limit,
         "segment_size": cache.layout.segment_size(),
         "segment_count": cache.layout.segment_count(),
     })
@@ -217,6 +222,10 @@ pub fn create(params: CreateParams) -> Result<Bdev, BdevError> {
         cache.wb.stop();
         return Err(err(libc::ENOMEM, e));
     }
+    // Reattached in a mode that writes around the cache: what is still dirty must be cleaned.
+    if params.mode != crate::params::CacheMode::Writeback && cache.index.stats().dirty_blocks > 0 {
+        crate::writeback::flush_start(&cache);
+    }
 
     let mut props = BdevProps::new(&name, MODULE, "pcache", origin.block_size, origin.blocks);
     props.uuid = params.uuid;
@@ -285,9 +294,9 @@ fn attach(
             Lane::new(LaneLog::new(lane, format_id, head, head_gen, next), None)
         })
         .collect();
-    let mut info = meta.info;
-    // The first write after this start makes the cache dirty again; clear the flag now.
-    info.flags &= !CacheInfo::CLEAN_SHUTDOWN;
+    // The tunables are the ones given now (a config or RPC wins over what pmem recorded); the
+    // first write after this start makes the cache dirty again, so the clean flag goes now.
+    let info = info_from(params);
     let mut info_slot: SlotWriter = meta.info_slot;
     info_slot.write(&*pmem, &info.encode()).map_err(fmt_err)?;
     let writer = MetaWriter {

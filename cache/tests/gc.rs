@@ -257,7 +257,7 @@ fn fill_past_capacity(prefix: &str, threads: usize) {
     for i in (0..ios).step_by(7) {
         let lba = i * per_io as u64;
         assert_eq!(
-            read_n(&e.h, &ch, lba, per_io),
+            read_n(&e.h, ch, lba, per_io),
             blocks(lba, per_io, 1).as_slice(),
             "lba {lba} through the cache"
         );

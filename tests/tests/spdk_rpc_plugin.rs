@@ -214,6 +214,40 @@ fn plugin_drives_a_pcache_bdev() {
     let st = p(&["bdev_pcache_flush_status", "Pcache0"]);
     let st: serde_json::Value = serde_json::from_str(&st.stdout).unwrap_or_default();
     assert_eq!(st["dirty_bytes"], json!(0), "{st}");
+    // Runtime options: the mode and tunables change, show in bdev_get_bdevs (so save_config
+    // keeps them), and a bad value is refused naming the parameter.
+    let out = p(&[
+        "bdev_pcache_set_options",
+        "Pcache0",
+        "-m",
+        "writethrough",
+        "--sequential-cutoff",
+        "4194304",
+        "--promotion-threshold",
+        "2",
+    ]);
+    assert!(out.ok(), "{out:?}");
+    let b = cli.json(&["bdev_get_bdevs", "-b", "Pcache0"]);
+    let pc = &b[0]["driver_specific"]["pcache"];
+    assert_eq!(
+        (
+            &pc["mode"],
+            &pc["sequential_cutoff"],
+            &pc["promotion_threshold"]
+        ),
+        (&json!("writethrough"), &json!(4194304), &json!(2)),
+        "{b}"
+    );
+    let (code, msg) = p(&["bdev_pcache_set_options", "Pcache0", "-g", "95"]).error();
+    assert_eq!(code, -22, "{msg}");
+    assert!(msg.contains("gc_percent"), "{msg}");
+    let help = p(&["bdev_pcache_set_options", "--help"]);
+    assert!(
+        help.stdout.contains("--sequential-cutoff"),
+        "{}",
+        help.stdout
+    );
+    assert!(p(&["bdev_pcache_reset_stats", "Pcache0"]).ok());
     // The cache is claimed: a second cache on the same pmem is refused.
     let out = p(&[
         "bdev_pcache_create",
