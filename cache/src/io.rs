@@ -460,40 +460,52 @@ fn empty_iov() -> IoVec {
 /// `copy_hit`'s answer for clean data that fails its crc: the origin has a good copy.
 const CLEAN_CRC_ERROR: i32 = -1;
 
-/// Copies a hit out of pmem into the caller's buffer at byte `dst_off`, checking its crc first.
+/// Copies a hit out of pmem into the caller's buffer at byte `dst_off`. With data_crc, a hit that
+/// is its key's whole data is checked in the caller's buffer once copied (the bytes returned are
+/// the bytes checked, read once); a piece of a larger key is checked in place first.
 fn copy_hit(cache: &Cache, e: &Extent, iovs: &[IoVec], dst_off: usize) -> Result<(), i32> {
-    if cache.data_crc && !crc_ok(cache, e) {
-        Stats::add(&cache.stats.crc_errors, 1);
-        tracing::error!(cache = %cache.name, lba = e.lba, blocks = e.len, dirty = e.dirty, "cached data fails its crc");
-        // Dirty data has no other copy: fail rather than return wrong bytes.
-        return Err(if e.dirty { libc::EIO } else { CLEAN_CRC_ERROR });
+    let whole = e.pos == e.orig_pos && e.len == e.orig_len;
+    if cache.data_crc && !whole && !crc_ok(cache, e) {
+        return Err(crc_failure(cache, e));
     }
     let mut at = cache.pos_offset(e.pos);
     let bytes = e.len as usize * cache.block_size as usize;
     let mut failed = false;
+    let mut crc = 0u32;
     iov::for_each_range_mut(iovs, dst_off, bytes, |dst| {
         failed |= cache.pmem.read(at, dst).is_err();
+        if cache.data_crc {
+            crc = crc32c::crc32c_append(crc, dst);
+        }
         at += dst.len() as u64;
     });
-    if failed { Err(libc::EIO) } else { Ok(()) }
+    if failed {
+        return Err(libc::EIO);
+    }
+    if cache.data_crc && whole && crc != e.crc {
+        return Err(crc_failure(cache, e));
+    }
+    Ok(())
 }
 
-/// crc32c over the original key's whole data, read from pmem in chunks.
+/// Counts and logs cached data that fails its crc; the error for the read.
+fn crc_failure(cache: &Cache, e: &Extent) -> i32 {
+    Stats::add(&cache.stats.crc_errors, 1);
+    tracing::error!(cache = %cache.name, lba = e.lba, blocks = e.len, dirty = e.dirty, "cached data fails its crc");
+    // Dirty data has no other copy: fail rather than return wrong bytes.
+    if e.dirty { libc::EIO } else { CLEAN_CRC_ERROR }
+}
+
+/// crc32c over the original key's whole data, read in place.
 pub(crate) fn crc_ok(cache: &Cache, e: &Extent) -> bool {
-    let mut buf = [0u8; 4096];
-    let mut at = cache.pos_offset(e.orig_pos);
-    let mut left = u64::from(e.orig_len) * u64::from(cache.block_size);
+    let at = cache.pos_offset(e.orig_pos);
+    let len = u64::from(e.orig_len) * u64::from(cache.block_size);
     let mut crc = 0u32;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        if cache.pmem.read(at, &mut buf[..n]).is_err() {
-            return false;
-        }
-        crc = crc32c::crc32c_append(crc, &buf[..n]);
-        at += n as u64;
-        left -= n as u64;
-    }
-    crc == e.crc
+    cache
+        .pmem
+        .visit(at, len, &mut |b| crc = crc32c::crc32c_append(crc, b))
+        .is_ok()
+        && crc == e.crc
 }
 
 fn origin_read_done(child: BdevIo, ok: bool, ctx: IoCtx) {

@@ -207,6 +207,15 @@ impl Pmem for PmemFile {
         Ok(())
     }
 
+    fn visit(&self, off: u64, len: u64, f: &mut dyn FnMut(&[u8])) -> Result<(), PmemError> {
+        let (_, n) = check_range(off, len, self.len as u64)?;
+        let src = self.at(off, n)?;
+        // SAFETY: `src` has `n` mapped bytes that live as long as `self`, and nobody writes
+        // them while they are read (trait contract), so a shared slice over them is sound.
+        f(unsafe { std::slice::from_raw_parts(src, n) });
+        Ok(())
+    }
+
     fn flush(&self, off: u64, len: u64) -> Result<(), PmemError> {
         let (o, l) = check_range(off, len, self.len as u64)?;
         // SAFETY: range checked against the live mapping.

@@ -263,7 +263,7 @@ pub(super) fn first_past<T>(v: &[T], x: u32, lo: u32, hi: u32, end: impl Fn(&T) 
     }
 }
 
-/// `first_past` over a chunk's entries.
+/// `first_past` over a run of entries.
 fn entry_past(v: &[Entry], x: u32) -> usize {
     let (lo, hi) = match (v.first(), v.last()) {
         (Some(f), Some(l)) => (f.start(), l.end()),
@@ -274,20 +274,38 @@ fn entry_past(v: &[Entry], x: u32) -> usize {
 
 /// A bounded sorted run of entries; never empty while it is in a region.
 pub(super) struct Chunk {
-    /// End offset of the last entry, cached here so the chunk search stays in the directory.
+    /// Start of the first entry and end of the last, cached here so that the searches read
+    /// the directory and one guessed entry, not the run's two ends (each a cache miss).
+    start: u32,
     end: u32,
     v: Vec<Entry>,
 }
 
 impl Chunk {
-    fn start(&self) -> u32 {
-        self.v.first().map_or(self.end, Entry::start)
+    fn new(v: Vec<Entry>) -> Chunk {
+        let mut c = Chunk {
+            start: 0,
+            end: 0,
+            v,
+        };
+        c.refresh_bounds();
+        c
     }
 
-    fn refresh_end(&mut self) {
-        if let Some(e) = self.v.last() {
-            self.end = e.end();
+    fn start(&self) -> u32 {
+        self.start
+    }
+
+    fn refresh_bounds(&mut self) {
+        if let (Some(f), Some(l)) = (self.v.first(), self.v.last()) {
+            self.start = f.start();
+            self.end = l.end();
         }
+    }
+
+    /// `entry_past` with the cached bounds.
+    fn entry_past(&self, x: u32) -> usize {
+        first_past(&self.v, x, self.start, self.end, Entry::end)
     }
 }
 
@@ -457,7 +475,7 @@ impl Region {
     /// Index of the first chunk holding an entry that ends after offset `x`.
     fn chunk_past(&self, x: u32) -> usize {
         let (lo, hi) = match (self.chunks.first(), self.chunks.last()) {
-            (Some(f), Some(l)) => (f.start(), l.end),
+            (Some(f), Some(l)) => (f.start, l.end),
             _ => return 0,
         };
         first_past(&self.chunks, x, lo, hi, |c| c.end)
@@ -489,7 +507,7 @@ impl Region {
         // A block rewritten with the same extent replaces its entry in place: no memmove.
         let ci = self.chunk_past(a);
         if let Some(c) = self.chunks.get_mut(ci) {
-            let i = entry_past(&c.v, a);
+            let i = c.entry_past(a);
             if let Some(old) = c.v.get_mut(i)
                 && old.start() == a
                 && old.end() == b
@@ -558,7 +576,7 @@ impl Region {
             v.push(e);
             // Most regions of a sparse cache never need a second chunk.
             set_cap(&mut self.chunks, 1, &mut t.chunk_slots, &mut t.allocs);
-            self.chunks.push(Chunk { end: e.end(), v });
+            self.chunks.push(Chunk::new(v));
             return;
         }
         // The first chunk with an entry ending after e.start: that entry starts after e.
@@ -569,9 +587,10 @@ impl Region {
         }
         let c = &mut self.chunks[ci];
         // No entry overlaps e: those ending by its start are exactly those starting before it.
-        let i = entry_past(&c.v, e.start());
+        let i = c.entry_past(e.start());
         grow(&mut c.v, 1, &mut t.entry_slots, &mut t.allocs);
         c.v.insert(i, e);
+        c.start = c.start.min(e.start());
         c.end = c.end.max(e.end());
         let n = c.v.len();
         if n > chunk_max {
@@ -609,7 +628,7 @@ impl Region {
     /// (start, end) of the first entry ending after offset `c`.
     fn first_after(&self, c: u32) -> Option<(u32, u32)> {
         let ch = self.chunks.get(self.chunk_past(c))?;
-        let i = entry_past(&ch.v, c);
+        let i = ch.entry_past(c);
         ch.v.get(i).map(|e| (e.start(), e.end()))
     }
 
@@ -618,7 +637,7 @@ impl Region {
     pub(super) fn lookup(&mut self, base: u64, a: u32, b: u32, out: &mut Out) -> Option<u32> {
         let mut c = a;
         let mut ci = self.chunk_past(a);
-        let mut ei = self.chunks.get(ci).map_or(0, |ch| entry_past(&ch.v, a));
+        let mut ei = self.chunks.get(ci).map_or(0, |ch| ch.entry_past(a));
         while c < b {
             let Some(e) = self.chunks.get_mut(ci).and_then(|ch| ch.v.get_mut(ei)) else {
                 return (!out.push(Piece::Miss {
@@ -671,7 +690,7 @@ impl Region {
                 hi += 1;
             } else {
                 let c = &mut self.chunks[i];
-                c.refresh_end();
+                c.refresh_bounds();
                 trim(&mut c.v, &mut t.entry_slots, &mut t.allocs);
                 i += 1;
             }
@@ -709,9 +728,8 @@ impl Region {
         if left.capacity() > roomy(at) {
             set_cap(left, roomy(at), &mut t.entry_slots, &mut t.allocs);
         }
-        self.chunks[i].refresh_end();
-        let mut chunk = Chunk { end: 0, v: right };
-        chunk.refresh_end();
+        self.chunks[i].refresh_bounds();
+        let chunk = Chunk::new(right);
         grow(&mut self.chunks, 1, &mut t.chunk_slots, &mut t.allocs);
         self.chunks.insert(i + 1, chunk);
     }
@@ -738,8 +756,11 @@ impl Region {
                     c.v.len()
                 ));
             }
-            if c.end != c.v[c.v.len() - 1].end() {
-                return Err(format!("chunk {ci} end {} is stale", c.end));
+            if c.end != c.v[c.v.len() - 1].end() || c.start != c.v[0].start() {
+                return Err(format!(
+                    "chunk {ci} bounds {}..{} are stale",
+                    c.start, c.end
+                ));
             }
             t.entry_slots += c.v.capacity() as u64;
             t.allocs += 1;
