@@ -29,6 +29,7 @@ use crate::params::CacheMode;
 use bdev::iov::{self, IoVec};
 use bdev::{BdevChannelOps, BdevIo, IoCtx, IoStatus, IoType};
 use poller::Thread;
+use std::rc::Rc;
 use std::sync::Arc;
 
 /// Keys are at most this many blocks (the index's limit for one original key).
@@ -143,23 +144,32 @@ fn retry_origin_write(ctx: IoCtx) {
     }
 }
 
-fn origin_write_done(child: BdevIo, ok: bool, ctx: IoCtx) {
+/// An origin child's completion: the parent and its channel when the child succeeded; else the
+/// parent has failed with the child's errno (counted as an origin error).
+fn origin_done(child: BdevIo, ok: bool, ctx: IoCtx) -> Option<(BdevIo, Rc<CacheBdevChannel>)> {
     let status = child.status();
     drop(child);
-    let IoCtx::Io(mut io) = ctx else { return };
+    let IoCtx::Io(io) = ctx else { return None };
     let Some(ch) = io.module_channel::<CacheBdevChannel>() else {
         io.fail(libc::ENODEV);
-        return;
+        return None;
     };
-    let cache = &ch.cache;
     if !ok {
-        Stats::add(&cache.stats.origin_errors, 1);
+        Stats::add(&ch.cache.stats.origin_errors, 1);
         io.fail(match status {
             IoStatus::Failed(e) => e,
             _ => libc::EIO,
         });
-        return;
+        return None;
     }
+    Some((io, ch))
+}
+
+fn origin_write_done(child: BdevIo, ok: bool, ctx: IoCtx) {
+    let Some((mut io, ch)) = origin_done(child, ok, ctx) else {
+        return;
+    };
+    let cache = &ch.cache;
     let (lba, n) = (io.offset_blocks(), io.num_blocks());
     if io.io_type() == IoType::Write {
         Stats::add(
@@ -500,30 +510,23 @@ fn crc_failure(cache: &Cache, e: &Extent) -> i32 {
 pub(crate) fn crc_ok(cache: &Cache, e: &Extent) -> bool {
     let at = cache.pos_offset(e.orig_pos);
     let len = u64::from(e.orig_len) * u64::from(cache.block_size);
-    let mut crc = 0u32;
+    crc_matches(cache, at, len, e.crc)
+}
+
+/// Whether the `len` bytes at pmem offset `at` have crc32c `crc` (read in place).
+pub(crate) fn crc_matches(cache: &Cache, at: u64, len: u64, crc: u32) -> bool {
+    let mut got = 0u32;
     cache
         .pmem
-        .visit(at, len, &mut |b| crc = crc32c::crc32c_append(crc, b))
+        .visit(at, len, &mut |b| got = crc32c::crc32c_append(got, b))
         .is_ok()
-        && crc == e.crc
+        && got == crc
 }
 
 fn origin_read_done(child: BdevIo, ok: bool, ctx: IoCtx) {
-    let status = child.status();
-    drop(child);
-    let IoCtx::Io(mut io) = ctx else { return };
-    let Some(ch) = io.module_channel::<CacheBdevChannel>() else {
-        io.fail(libc::ENODEV);
+    let Some((mut io, ch)) = origin_done(child, ok, ctx) else {
         return;
     };
-    if !ok {
-        Stats::add(&ch.cache.stats.origin_errors, 1);
-        io.fail(match status {
-            IoStatus::Failed(e) => e,
-            _ => libc::EIO,
-        });
-        return;
-    }
     let d = *io.driver_ctx();
     let (m, len, version) = (d[MISS_LBA], d[MISS_LEN] as u32, d[MISS_VERSION]);
     Stats::add(

@@ -293,6 +293,8 @@ struct Taken {
     key: Key,
     /// Byte offset of its data in the bounce buffer (data keys).
     bounce_off: usize,
+    /// Where its data is: the bounce buffer, or (a mapped cache) in place.
+    data: Src,
     lane: u32,
     /// The key-set holding it.
     kset_pos: LogPos,
@@ -306,13 +308,21 @@ enum PieceState {
     Failed,
 }
 
-/// One origin I/O of a batch: blocks [lba, lba + len), from the bounce buffer at `src` (None:
-/// zeroes).
+/// The data of a key or piece: at a byte offset in the bounce buffer, or at a byte offset of the
+/// cache device when it is mapped (written to the origin straight from pmem: a dirty key's data
+/// stays where it is until it has been written back, GC never passes the dirty tail).
+#[derive(Clone, Copy, Debug)]
+enum Src {
+    Bounce(usize),
+    Pmem(u64),
+}
+
+/// One origin I/O of a batch: blocks [lba, lba + len), from `src` (None: zeroes).
 #[derive(Clone, Copy, Debug)]
 struct Piece {
     lba: u64,
     len: u64,
-    src: Option<usize>,
+    src: Option<Src>,
     state: PieceState,
 }
 
@@ -536,6 +546,7 @@ impl Engine {
                 self.batch.push(Taken {
                     key: k,
                     bounce_off: bytes,
+                    data: Src::Bounce(bytes),
                     lane: self.cursors[i].lane,
                     kset_pos,
                 });
@@ -554,7 +565,11 @@ impl Engine {
             if t.key.is_unmap() || t.key.seq > covered {
                 continue;
             }
-            if let Err(why) = load(&self.cache, &mut self.bounce, &t) {
+            let loaded = load(&self.cache, &mut self.bounce, &t);
+            if let Ok(data) = loaded {
+                self.batch[n].data = data;
+            }
+            if let Err(why) = loaded {
                 Stats::add(&self.cache.stats.crc_errors, 1);
                 tracing::error!(
                     cache = %self.cache.name,
@@ -700,13 +715,26 @@ impl Engine {
                 continue;
             }
             let ctx = IoCtx::Word((self.id << 32) | n);
-            let r = match p.src {
-                Some(off) => {
-                    let bytes = (p.len * u64::from(self.cache.block_size)) as usize;
-                    // SAFETY: the range lies in the bounce buffer (built from keys that fit it),
-                    // which lives as long as the engine and is not touched until every piece of
-                    // the batch has completed.
-                    let iov = unsafe { IoVec::new(self.bounce.as_mut_ptr().add(off), bytes) };
+            let bytes = (p.len * u64::from(self.cache.block_size)) as usize;
+            let iov = match p.src {
+                // SAFETY: the range lies in the bounce buffer (built from keys that fit it),
+                // which lives as long as the engine and is not touched until every piece of
+                // the batch has completed.
+                Some(Src::Bounce(off)) => unsafe {
+                    Some(IoVec::new(self.bounce.as_mut_ptr().add(off), bytes))
+                },
+                Some(Src::Pmem(at)) => self.cache.pmem.as_ptr().map(|base| {
+                    // SAFETY: `at..at + bytes` is a dirty key's data inside the mapping (its
+                    // offset came from the layout), which the engine's `Arc<Cache>` keeps
+                    // mapped; nothing writes it before it is written back (the log never
+                    // writes in place and GC never reclaims past the dirty tail). The origin
+                    // only reads through the vector.
+                    unsafe { IoVec::new(base.add(at as usize), bytes) }
+                }),
+                None => None,
+            };
+            let r = match iov {
+                Some(iov) => {
                     self.origin
                         .write(&[iov], p.lba, p.len, IoFlags::default(), piece_done, ctx)
                 }
@@ -883,30 +911,42 @@ impl Engine {
     }
 }
 
-/// Copies a data key into the bounce buffer; checks its segment and crc.
-fn load(cache: &Cache, bounce: &mut DmaBuf, t: &Taken) -> Result<(), String> {
+/// Checks a data key's segment and crc; its data stays in place on a mapped cache, else it is
+/// copied into the bounce buffer (and checked there).
+fn load(cache: &Cache, bounce: &mut DmaBuf, t: &Taken) -> Result<Src, String> {
     let k = &t.key;
     if cache.segments.generation(k.data_seg) != Some(k.data_gen) {
         return Err(format!("its segment {} was reclaimed", k.data_seg));
     }
     let n = k.len as usize * cache.block_size as usize;
+    let at = cache.pos_offset(cache_pos(&cache.layout, k.data_seg, k.data_off));
+    let crc_fails = || Err("its data fails its crc".to_string());
+    if cache.pmem.as_ptr().is_some() {
+        if cache.data_crc && !crate::io::crc_matches(cache, at, n as u64, k.data_crc) {
+            return crc_fails();
+        }
+        return Ok(Src::Pmem(at));
+    }
     let dst = bounce
         .as_mut_slice()
         .get_mut(t.bounce_off..t.bounce_off + n)
         .ok_or("the key does not fit the writeback buffer")?;
-    let at = cache.pos_offset(cache_pos(&cache.layout, k.data_seg, k.data_off));
     cache.pmem.read(at, dst).map_err(|e| e.to_string())?;
     if cache.data_crc && crc32c::crc32c(dst) != k.data_crc {
-        return Err("its data fails its crc".into());
+        return crc_fails();
     }
-    Ok(())
+    Ok(Src::Bounce(t.bounce_off))
 }
 
 fn piece(t: &Taken, a: u64, b: u64, bs: u64) -> Piece {
+    let skip = (a - t.key.origin_off) * bs;
     Piece {
         lba: a,
         len: b - a,
-        src: (!t.key.is_unmap()).then(|| t.bounce_off + ((a - t.key.origin_off) * bs) as usize),
+        src: (!t.key.is_unmap()).then_some(match t.data {
+            Src::Bounce(off) => Src::Bounce(off + skip as usize),
+            Src::Pmem(at) => Src::Pmem(at + skip),
+        }),
         state: PieceState::Todo,
     }
 }

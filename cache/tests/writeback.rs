@@ -116,8 +116,15 @@ struct Env {
 }
 
 fn env(prefix: &str, with_error_bdev: bool) -> Env {
+    env_on(
+        prefix,
+        with_error_bdev,
+        Arc::new(PmemFile::anonymous(64 << 20).unwrap()),
+    )
+}
+
+fn env_on(prefix: &str, with_error_bdev: bool, pm: Arc<dyn Pmem>) -> Env {
     let h = Harness::new(1);
-    let pm: Arc<dyn Pmem> = Arc::new(PmemFile::anonymous(64 << 20).unwrap());
     let pmem_name = format!("{prefix}_pmem");
     let pmem_bdev = bdev::pmem::create_with(&pmem_name, pm, 4096).unwrap();
     let base = format!("{prefix}_origin");
@@ -387,4 +394,58 @@ fn the_controller_pauses_less_the_further_dirty_data_is_over_the_target() {
         }),
         100_000
     );
+}
+
+/// Dirty data whose bytes no longer match their crc is never written to the origin: writeback
+/// stops before it (counted), the blocks before it in the log are written back, and the damaged
+/// block stays dirty. On a mapped cache (written back in place) and on one that is not (the
+/// bounce buffer) alike.
+#[test]
+fn damaged_dirty_data_is_never_written_back() {
+    let mapped: Arc<dyn Pmem> = Arc::new(PmemFile::anonymous(64 << 20).unwrap());
+    let unmapped: Arc<dyn Pmem> = Arc::new(pmem::CrashPmem::new(64 << 20));
+    for (prefix, pm) in [("wbcm", mapped), ("wbcu", unmapped)] {
+        let mut e = env_on(prefix, false, pm.clone());
+        let (d, ch) = open(&e.h, &format!("{prefix}_cache"), true);
+        for lba in 0..6u64 {
+            write(&e.h, &ch, lba, &block(lba + 40));
+        }
+        let mut pos = None;
+        e.cache.index.lookup(3, 1, |p| {
+            if let cache::index::Piece::Hit(x) = p {
+                pos = Some(x.pos);
+            }
+        });
+        let at = e.cache.pos_offset(pos.expect("cached")) + 99;
+        let mut b = [0u8; 1];
+        pm.read(at, &mut b).unwrap();
+        pm.write(at, &[b[0] ^ 0x5a]).unwrap();
+        e.h.run_on(0, || writeback::flush_start(&e.cache));
+        for _ in 0..200 {
+            e.h.poll_until_idle(100);
+            e.h.advance_us(1_000);
+        }
+        let st = stats(&e.cache);
+        assert_eq!(st["crc_errors"], 1, "{prefix}: {st}");
+        assert_eq!(
+            st["dirty_bytes"],
+            3 * BS as u64,
+            "{prefix}: blocks 3..6 stay dirty: {st}"
+        );
+        let (od, och) = open(&e.h, &format!("{prefix}_origin"), false);
+        for lba in 0..3u64 {
+            assert_eq!(
+                read(&e.h, &och, lba),
+                block(lba + 40).as_slice(),
+                "{prefix} {lba}"
+            );
+        }
+        assert_eq!(
+            read(&e.h, &och, 3),
+            vec![0u8; BS],
+            "{prefix}: damaged data not written"
+        );
+        drop((och, od, ch, d));
+        e.teardown();
+    }
 }
