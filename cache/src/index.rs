@@ -64,6 +64,10 @@ const ALLOC_OVERHEAD: u64 = 16;
 /// a thousand regions to spread over the shards.
 const DEFAULT_REGION_BYTES: u64 = 64 << 20;
 const DEFAULT_SHARDS: usize = 64;
+/// Regions a small origin is cut into (see `IndexConfig::for_origin`).
+pub const MIN_REGIONS: u64 = 4096;
+/// The smallest region `IndexConfig::for_origin` chooses.
+pub const MIN_REGION_BLOCKS: u32 = 2048;
 
 /// Shape of an index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +91,20 @@ impl IndexConfig {
             region_blocks: 1 << blocks.ilog2(),
             shards: DEFAULT_SHARDS,
         }
+    }
+
+    /// The shape for an origin of `origin_blocks` blocks: regions as by default, but smaller for
+    /// small origins, so that an origin has up to [`MIN_REGIONS`] regions to spread over the
+    /// shards (with a handful of regions every thread would take the same few shard locks).
+    /// Regions stay at least [`MIN_REGION_BLOCKS`], so that a write of up to that many blocks
+    /// touches at most two regions (the allocation-free locking path).
+    pub fn for_origin(block_size: u32, origin_blocks: u64) -> IndexConfig {
+        let mut cfg = IndexConfig::new(block_size);
+        let want = (origin_blocks / MIN_REGIONS).max(u64::from(MIN_REGION_BLOCKS));
+        if want < u64::from(cfg.region_blocks) {
+            cfg.region_blocks = 1 << want.ilog2();
+        }
+        cfg
     }
 
     fn validate(&self) -> Result<(), IndexError> {

@@ -274,7 +274,7 @@ fn attach(
         ));
     }
     let layout = meta.layout;
-    let index = Index::new(IndexConfig::new(layout.block_size()))
+    let index = Index::new(IndexConfig::for_origin(layout.block_size(), origin.blocks))
         .map_err(|e| err(libc::EINVAL, e.to_string()))?;
     let segments = SegmentTable::new(meta.gens.clone());
     let format_id = meta.superblock.format_id;

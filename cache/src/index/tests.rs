@@ -1181,3 +1181,22 @@ fn zero_extent_errors_are_einval() {
     idx.insert(&odd).unwrap();
     assert_eq!(pieces(&idx, 0, 4), [Piece::Hit(Extent::zero(0, 4, false))]);
 }
+
+#[test]
+fn small_origins_get_smaller_regions_large_ones_the_default() {
+    let default = IndexConfig::new(4096).region_blocks;
+    assert_eq!(default, 16384, "64 MiB of 4 KiB blocks");
+    // 1 GiB: 4096 regions would be 64 blocks; the floor is 2048 (128 regions).
+    assert_eq!(IndexConfig::for_origin(4096, 262_144).region_blocks, 2048);
+    // 64 GiB: 4096 regions of 4096 blocks.
+    assert_eq!(IndexConfig::for_origin(4096, 16 << 20).region_blocks, 4096);
+    // 1 TiB and more: the default.
+    assert_eq!(
+        IndexConfig::for_origin(4096, 1 << 28).region_blocks,
+        default
+    );
+    for blocks in [0, 1, 1000, 1 << 40] {
+        let cfg = IndexConfig::for_origin(512, blocks);
+        assert!(Index::new(cfg).is_ok(), "{cfg:?}");
+    }
+}
