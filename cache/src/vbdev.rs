@@ -17,6 +17,9 @@ use std::sync::Arc;
 
 pub const MODULE: &str = "pcache";
 
+/// pcache's namespace for bdev UUIDs derived from the origin's.
+const UUID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x9c1d_5a7e_0b42_4e8f_a3d6_1f27_c84b_e590);
+
 /// Lanes made at format: enough for every thread of a two-reactor target that writes.
 const FORMAT_LANES: u32 = 8;
 
@@ -228,7 +231,13 @@ pub fn create(params: CreateParams) -> Result<Bdev, BdevError> {
     }
 
     let mut props = BdevProps::new(&name, MODULE, "pcache", origin.block_size, origin.blocks);
-    props.uuid = params.uuid;
+    // Like SPDK's vbdevs, a UUID derived from the base's (here the origin's: the bdev shows its
+    // data) unless one is given, so it stays the same at every start.
+    props.uuid = Some(
+        params
+            .uuid
+            .unwrap_or_else(|| uuid::Uuid::new_v5(&UUID_NAMESPACE, origin.uuid.as_bytes())),
+    );
     props.write_cache = !params.durable;
     Bdev::register(props, Arc::new(PcacheOps { cache }))
 }

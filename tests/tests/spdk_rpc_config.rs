@@ -13,7 +13,9 @@ fn save_config_round_trips_through_json_config_and_load_config() {
     let uring = d.join("uring.img");
     sparse_file(&uring, 32 << 20);
     let pmem = d.join("pmem.img");
+    let cache_pmem = d.join("cache.pmem");
     let (uring, pmem) = (uring.to_str().unwrap_or(""), pmem.to_str().unwrap_or(""));
+    let cache_pmem = cache_pmem.to_str().unwrap_or("");
     let plugin = tests::workspace_root().join("python");
 
     // The original: a startup option, then every module, stacked two and three deep.
@@ -71,13 +73,58 @@ fn save_config_round_trips_through_json_config_and_load_config() {
             "--mode",
             "emulated",
         ],
+        // A pcache bdev, its mode changed at runtime: saved as it is now, and reattached (not
+        // formatted) by the targets started from the saved config.
+        &[
+            "--plugin",
+            "pcache_rpc_plugin",
+            "bdev_pmem_create",
+            cache_pmem,
+            "-n",
+            "Pmem1",
+            "--total-size",
+            "32",
+            "--mode",
+            "emulated",
+        ],
+        &[
+            "bdev_malloc_create",
+            "-b",
+            "Malloc4",
+            "-u",
+            "0c7e5b5a-64f1-4bb8-8d0a-4b3c2e1f0a99",
+            "32",
+            "4096",
+        ],
+        &[
+            "--plugin",
+            "pcache_rpc_plugin",
+            "bdev_pcache_create",
+            "-b",
+            "Pcache0",
+            "-c",
+            "Pmem1",
+            "-o",
+            "Malloc4",
+            "--data-crc",
+            "--segment-size",
+            "1048576",
+        ],
+        &[
+            "--plugin",
+            "pcache_rpc_plugin",
+            "bdev_pcache_set_options",
+            "Pcache0",
+            "-m",
+            "writethrough",
+        ],
     ] {
         let out = s.run(args);
         assert!(out.ok(), "{args:?}: {out:?}");
     }
     let cli = first.cli();
     let bdevs = bdev_identities(&cli.json(&["bdev_get_bdevs"]));
-    assert_eq!(bdevs.len(), 11, "{bdevs:?}");
+    assert_eq!(bdevs.len(), 14, "{bdevs:?}");
     let saved = cli.run(&["save_config"]);
     assert!(saved.ok(), "{saved:?}");
     let a = saved.stdout;
@@ -89,6 +136,11 @@ fn save_config_round_trips_through_json_config_and_load_config() {
         .unwrap_or_default();
     assert_eq!(bdev_cfg[0]["params"]["bdev_io_cache_size"], 512, "{a}");
     assert!(a.contains("\"mode\": \"emulated\""), "{a}");
+    assert!(a.contains("\"mode\": \"writethrough\""), "{a}");
+    assert!(
+        !a.contains("\"format\""),
+        "a saved config never formats: {a}"
+    );
     let a_path = d.join("a.json");
     std::fs::write(&a_path, &a).expect("write a.json");
     drop(s);
@@ -104,6 +156,11 @@ fn save_config_round_trips_through_json_config_and_load_config() {
         b.stdout == a,
         "pcache_tgt -c a.json saves a different config:\n{}\n--- a.json:\n{a}",
         b.stdout
+    );
+    let log = second.log_text();
+    assert!(
+        log.contains("log replayed") && !log.contains("cache formatted"),
+        "the saved config reattaches the cache: {log}"
     );
     assert_eq!(second.terminate(), 0, "{}", second.log_text());
 
