@@ -14,44 +14,44 @@ use pmem::Pmem;
 use poller::{IoDevice, PollStatus, Poller};
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Counters for `bdev_pcache_get_stats` (relaxed atomics: each is its own fact).
+/// Counters for `bdev_pcache_get_stats` (relaxed: each is its own fact).
 #[derive(Default)]
 pub struct Stats {
-    pub read_hits: AtomicU64,
-    pub read_misses: AtomicU64,
-    pub read_partial_hits: AtomicU64,
-    pub bytes_read_cache: AtomicU64,
-    pub bytes_read_origin: AtomicU64,
-    pub bytes_written_cache: AtomicU64,
-    pub bytes_written_origin: AtomicU64,
-    pub bytes_promoted: AtomicU64,
-    pub crc_errors: AtomicU64,
-    pub origin_errors: AtomicU64,
-    pub deferred_writes: AtomicU64,
-    pub keysets_sealed: AtomicU64,
+    pub read_hits: Counter,
+    pub read_misses: Counter,
+    pub read_partial_hits: Counter,
+    pub bytes_read_cache: Counter,
+    pub bytes_read_origin: Counter,
+    pub bytes_written_cache: Counter,
+    pub bytes_written_origin: Counter,
+    pub bytes_promoted: Counter,
+    pub crc_errors: Counter,
+    pub origin_errors: Counter,
+    pub deferred_writes: Counter,
+    pub keysets_sealed: Counter,
     /// Bytes written (or zeroed) on the origin by writeback, batches committed, keys written.
-    pub writeback_bytes: AtomicU64,
-    pub writeback_batches: AtomicU64,
-    pub writeback_keys: AtomicU64,
+    pub writeback_bytes: Counter,
+    pub writeback_batches: Counter,
+    pub writeback_keys: Counter,
     /// GC rounds that dropped something, keys dropped, bytes evicted from the index, bytes
     /// given a second chance, segments freed after their grace period.
-    pub gc_runs: AtomicU64,
-    pub gc_keys: AtomicU64,
-    pub gc_evicted_bytes: AtomicU64,
-    pub gc_second_chance_bytes: AtomicU64,
-    pub gc_segments_freed: AtomicU64,
+    pub gc_runs: Counter,
+    pub gc_keys: Counter,
+    pub gc_evicted_bytes: Counter,
+    pub gc_second_chance_bytes: Counter,
+    pub gc_segments_freed: Counter,
     /// I/Os of sequential streams past the cutoff (they bypassed the cache).
-    pub sequential_bypassed: AtomicU64,
+    pub sequential_bypassed: Counter,
     /// Cached bytes dropped because a write or unmap went to the origin around the cache.
-    pub bytes_invalidated: AtomicU64,
+    pub bytes_invalidated: Counter,
 }
 
 impl Stats {
-    pub fn add(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
+    pub fn add(c: &Counter, n: u64) {
+        c.add(n);
     }
 
     /// `bdev_pcache_reset_stats`: every counter back to 0 (the state — dirty bytes, occupancy,
@@ -105,7 +105,46 @@ impl Stats {
             sequential_bypassed,
             bytes_invalidated,
         ] {
-            c.store(0, Ordering::Relaxed);
+            c.reset();
+        }
+    }
+}
+
+/// Slots per counter: each thread adds into its own, on its own cache line, so reactors on
+/// different cores never bounce a counter's line between them; a read sums the slots.
+const COUNTER_SLOTS: usize = 8;
+
+#[repr(align(64))]
+#[derive(Default)]
+struct Slot(AtomicU64);
+
+/// A statistics counter the data path bumps on every I/O.
+#[derive(Default)]
+pub struct Counter([Slot; COUNTER_SLOTS]);
+
+thread_local! {
+    /// This thread's slot in every counter (handed out in turn at a thread's first add).
+    static SLOT: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) % COUNTER_SLOTS
+    };
+}
+
+impl Counter {
+    pub fn add(&self, n: u64) {
+        let slot = SLOT.with(|s| *s);
+        self.0[slot].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0
+            .iter()
+            .fold(0u64, |a, s| a.wrapping_add(s.0.load(Ordering::Relaxed)))
+    }
+
+    fn reset(&self) {
+        for s in &self.0 {
+            s.0.store(0, Ordering::Relaxed);
         }
     }
 }

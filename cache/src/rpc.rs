@@ -23,7 +23,7 @@ fn cache_named(name: &str) -> Result<std::sync::Arc<Cache>, RpcError> {
 /// The counters and log positions of `bdev_pcache_get_stats`.
 pub fn stats_json(cache: &Cache) -> Value {
     let s = &cache.stats;
-    let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let g = |c: &crate::instance::Counter| c.get();
     let idx = cache.index.stats();
     let segs = cache.segments.counts();
     let bs = u64::from(cache.block_size);
