@@ -31,10 +31,12 @@ trap cleanup EXIT
 perf=./target/release/bdevperf
 blocks=$((pmem_gib * 262144))
 
-# config NAME DATA_CRC FORMAT: 1 GiB malloc baseline, 1 GiB malloc origin, the pcache bdev.
+# config NAME DATA_CRC FORMAT [DURABLE]: 1 GiB malloc baseline, 1 GiB malloc origin, the pcache
+# bdev.
 config() {
     local fmt=""
     [ "$3" = true ] && fmt=',"format":true'
+    [ "${4:-false}" = true ] && fmt="$fmt"',"durable":true'
     cat > "$dir/$1.json" <<JSON
 {"subsystems":[{"subsystem":"bdev","config":[
  {"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":262144,"block_size":4096}},
@@ -85,6 +87,7 @@ config fresh_crc true true
 config crc true false
 config fresh_nocrc false true
 config nocrc false false
+config fresh_durable true true true
 rm -f "$pmem_dir/cache.pmem"
 
 run crc Malloc0 randread "$secs" 0x1 malloc-randread
@@ -99,6 +102,8 @@ replay=$(grep -o 'log replayed.*' "$dir/cached-randread-crc.log" | sed 's/\x1b\[
 # A burst into the freshly formatted cache (it holds more than the run writes), then a new
 # process keeps writing into the full cache: writeback to the origin and GC run all along.
 run fresh_crc Pcache0 randwrite 1 0x1 burst-randwrite-crc malloc-randwrite
+# Durable mode: every completed write already persistent (key-sets group-committed per poll).
+run fresh_durable Pcache0 randwrite 1 0x1 burst-randwrite-crc-durable burst-randwrite-crc
 run crc Pcache0 randwrite $((secs * 3)) 0x1 sustained-randwrite-crc malloc-randwrite
 run crc Pcache0 randwrite $((secs * 3)) 0x3 sustained-randwrite-crc-2cores sustained-randwrite-crc
 echo

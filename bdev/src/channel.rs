@@ -181,11 +181,16 @@ impl BdevChannel {
     /// child that cannot be had now calls `retry` with the parent once an I/O frees; any other
     /// refusal fails the parent with its errno.
     pub fn forward(&self, parent: BdevIo, cb: IoCallback, retry: fn(IoCtx)) {
-        let (t, offset, blocks, flags) = (
+        let flags = parent.flags();
+        self.forward_with(parent, flags, cb, retry)
+    }
+
+    /// `forward` with other flags (a vbdev that needs the child to be FUA, say).
+    pub fn forward_with(&self, parent: BdevIo, flags: IoFlags, cb: IoCallback, retry: fn(IoCtx)) {
+        let (t, offset, blocks) = (
             parent.io_type(),
             parent.offset_blocks(),
             parent.num_blocks(),
-            parent.flags(),
         );
         let Err(e) = self.submit(
             t,

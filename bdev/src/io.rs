@@ -160,6 +160,11 @@ impl BdevIo {
         &mut self.data_mut().driver_ctx
     }
 
+    /// `driver_ctx`, read-only.
+    pub fn driver_ctx_ref(&self) -> &[u64; 4] {
+        &self.data().driver_ctx
+    }
+
     /// The module's per-thread channel this I/O was submitted to.
     pub fn module_channel<T: 'static>(&self) -> Option<Rc<T>> {
         let ch = self.data().ch.as_ref()?;

@@ -7,7 +7,8 @@
 //! 1. **Trigger.** Segments in use ≥ `gc_percent` % of all segments (0: reclaim everything that
 //!    can be), or writes are deferred ([`GcShared::deferred`]); then rounds run back to back.
 //! 2. **Window.** Each lane's log is read from its key tail up to its dirty tail (at most
-//!    [`SETS_PER_LANE`] key-sets): every key there is written back (`seq` ≤ the written-back
+//!    [`SETS_PER_LANE`] key-sets, doubled while rounds find no cut in windows that budget cut
+//!    short, up to [`MAX_SETS_PER_LANE`]): every key there is written back (`seq` ≤ the written-back
 //!    sequence W), and the dirty tail is never passed. The first key-set at or after the dirty
 //!    tail is peeked at too (its smallest `seq` bounds what may go).
 //! 3. **Cut.** A key tail moves by whole key-sets, and the lanes' key-sets interleave in `seq`.
@@ -53,8 +54,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-/// Key-sets read per lane per round.
+/// Key-sets read per lane per round, at first.
 pub const SETS_PER_LANE: usize = 64;
+/// A round that finds no cut in windows its budget cut short doubles the budget, up to this:
+/// one lane's key-set may span as many `seq`s as another lane's many small key-sets (FUA
+/// writes seal one key each), and the cut lies beyond them.
+pub const MAX_SETS_PER_LANE: usize = 1 << 16;
 /// Keys between two cut requests: each costs every writing lane one extra (smaller) key-set.
 pub const CUT_EVERY: u64 = 1024;
 /// A round copies forward at most 1 / this of the blocks it evicted.
@@ -147,6 +152,7 @@ pub fn start(cache: &Arc<Cache>) -> Result<(), String> {
         zeroed: Vec::new(),
         retire_asked: false,
         next_sweep: now,
+        sets_per_lane: SETS_PER_LANE,
         stuck_at: None,
         retry_at: now,
     }));
@@ -203,6 +209,8 @@ struct Engine {
     /// Segments were retired since the last grace walk began.
     retire_asked: bool,
     next_sweep: u64,
+    /// Key-sets a round reads per lane (see [`MAX_SETS_PER_LANE`]).
+    sets_per_lane: usize,
     /// The written-back sequence at which a round last found nothing to drop.
     stuck_at: Option<u64>,
     retry_at: u64,
@@ -250,12 +258,18 @@ impl Engine {
         let r = self.round(written_back, &tails);
         self.tails = tails;
         match r {
+            Ok(0) if self.windows_cut_short() && self.sets_per_lane < MAX_SETS_PER_LANE => {
+                // A cut may lie past what the budget read: read further at once.
+                self.sets_per_lane *= 2;
+                busy = true;
+            }
             Ok(0) => {
                 self.stuck_at = Some(written_back);
                 self.retry_at = now + poller::time::us_to_ticks(RETRY_US);
             }
             Ok(_) => {
                 self.stuck_at = None;
+                self.sets_per_lane = SETS_PER_LANE;
                 busy = true;
             }
             Err(e) => {
@@ -265,6 +279,11 @@ impl Engine {
             }
         }
         Some(PollStatus::from(busy))
+    }
+
+    /// Whether a window of the last round stopped at the read budget before its dirty tail.
+    fn windows_cut_short(&self) -> bool {
+        self.windows.iter().any(|w| !w.reached_limit)
     }
 
     /// One round; returns the key-sets dropped.
@@ -429,7 +448,7 @@ impl Engine {
             if pos == head {
                 break Ok(());
             }
-            if !past_limit && w.sets.len() >= SETS_PER_LANE {
+            if !past_limit && w.sets.len() >= self.sets_per_lane {
                 w.after = w.sets.last().map(|s| s.max);
                 break Ok(());
             }

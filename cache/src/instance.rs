@@ -175,6 +175,12 @@ pub struct Cache {
     sequential_cutoff: AtomicU64,
     promotion_threshold: AtomicU32,
     pub promotion: crate::admission::PromotionFilter,
+    /// Writes sent to the origin around the cache so far, and how many of them an origin flush
+    /// has covered: while the first is ahead, the origin may hold data it can still lose, so
+    /// no clean copy of origin data is cached (`Cache::origin_flushed`), a FLUSH flushes the
+    /// origin too, and writeback's engine flushes it soon.
+    pub around: AtomicU64,
+    pub around_flushed: AtomicU64,
     pub stats: Stats,
     /// Lanes not owned by a channel right now.
     free_lanes: Mutex<Vec<Lane>>,
@@ -227,6 +233,8 @@ impl Cache {
                 sequential_cutoff: AtomicU64::new(params.sequential_cutoff),
                 promotion_threshold: AtomicU32::new(params.promotion_threshold),
                 promotion: Default::default(),
+                around: AtomicU64::new(0),
+                around_flushed: AtomicU64::new(0),
                 stats: Stats::default(),
                 free_lanes: Mutex::new(lanes),
                 lane_heads: Mutex::new(heads),
@@ -252,6 +260,16 @@ impl Cache {
 
     pub fn set_mode(&self, m: CacheMode) {
         self.mode.store(m as u32, Ordering::Relaxed);
+    }
+
+    /// Every write sent around the cache is durable on the origin (an origin flush covered it).
+    pub fn origin_flushed(&self) -> bool {
+        self.around_flushed.load(Ordering::Acquire) >= self.around.load(Ordering::Acquire)
+    }
+
+    /// An origin flush that began when `around` was `at` has completed.
+    pub fn note_origin_flushed(&self, at: u64) {
+        self.around_flushed.fetch_max(at, Ordering::AcqRel);
     }
 
     /// Bytes after which a sequential stream bypasses the cache (0: never).

@@ -78,7 +78,9 @@ impl BdevChannelOps for CacheBdevChannel {
             IoType::Flush => flush(self, io),
             IoType::Reset => io.complete_ok(),
             IoType::Unmap | IoType::WriteZeroes => {
+                // Durable mode: a tombstone is persistent at completion, an origin unmap not.
                 if mode == CacheMode::Writeback
+                    || self.cache.durable
                     || !self.origin.io_type_supported(io.io_type())
                     || holds_dirty(&self.cache, &io)
                 {
@@ -133,13 +135,32 @@ fn write_to_origin(ch: &CacheBdevChannel, io: BdevIo) {
         io.fail(errno);
         return;
     }
-    ch.origin.forward(io, origin_write_done, retry_origin_write);
+    ch.cache
+        .around
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    let flags = around_flags(&ch.cache, &io);
+    ch.origin
+        .forward_with(io, flags, origin_write_done, retry_origin_write);
+}
+
+/// A write around the cache is FUA on the origin when its completion promises more than the
+/// origin's volatile cache keeps: a clean copy is cached after it (writethrough: the copy must
+/// never outlive the data it copies), or durable mode.
+fn around_flags(cache: &Cache, io: &BdevIo) -> bdev::IoFlags {
+    let mut flags = io.flags();
+    let copied = io.io_type() == IoType::Write && io.driver_ctx_ref()[DONE] & CACHE_AFTER != 0;
+    flags.fua |= copied || cache.durable;
+    flags
 }
 
 fn retry_origin_write(ctx: IoCtx) {
     let IoCtx::Io(io) = ctx else { return };
     match io.module_channel::<CacheBdevChannel>() {
-        Some(ch) => ch.origin.forward(io, origin_write_done, retry_origin_write),
+        Some(ch) => {
+            let flags = around_flags(&ch.cache, &io);
+            ch.origin
+                .forward_with(io, flags, origin_write_done, retry_origin_write)
+        }
         None => io.fail(libc::ENODEV),
     }
 }
@@ -533,7 +554,12 @@ fn origin_read_done(child: BdevIo, ok: bool, ctx: IoCtx) {
         &ch.cache.stats.bytes_read_origin,
         u64::from(len) * u64::from(ch.cache.block_size),
     );
-    if d[DONE] & NO_PROMOTE == 0 && ch.cache.promotion.admit(m, ch.cache.promotion_threshold()) {
+    // Only data the origin holds durably is cached as clean: a copy of what a write around the
+    // cache left in the origin's volatile cache could outlive it after a power cut.
+    if d[DONE] & NO_PROMOTE == 0
+        && ch.cache.origin_flushed()
+        && ch.cache.promotion.admit(m, ch.cache.promotion_threshold())
+    {
         let off = ((m - io.offset_blocks()) * u64::from(ch.cache.block_size)) as usize;
         cache_copy(&ch.lane, io.iovs(), off, m, len, Fill::IfUnchanged(version));
     }
@@ -641,13 +667,42 @@ fn flush(ch: &CacheBdevChannel, io: BdevIo) {
                 return;
             };
             if let Some(io) = lane.awaiting_flush.borrow_mut().pop_front() {
-                let sync_ok = c2.pmem.sync().is_ok();
-                if sync_ok {
-                    io.complete_ok()
+                if c2.pmem.sync().is_err() {
+                    io.fail(libc::EIO);
                 } else {
-                    io.fail(libc::EIO)
+                    flush_origin(io);
                 }
             }
         },
     );
+}
+
+/// The second half of a FLUSH: writes sent around the cache are flushed on the origin (a
+/// FLUSH covers every completed write), unless an origin flush already covers them.
+fn flush_origin(mut io: BdevIo) {
+    let Some(ch) = io.module_channel::<CacheBdevChannel>() else {
+        io.fail(libc::ENODEV);
+        return;
+    };
+    let at = ch.cache.around.load(std::sync::atomic::Ordering::Acquire);
+    if ch.cache.origin_flushed() || !ch.origin.io_type_supported(IoType::Flush) {
+        io.complete_ok();
+        return;
+    }
+    io.driver_ctx()[MISS_LBA] = at;
+    let blocks = ch.origin.num_blocks();
+    if let Err(e) = ch.origin.flush(0, blocks, origin_flush_done, IoCtx::Io(io))
+        && let IoCtx::Io(io) = e.ctx
+    {
+        Stats::add(&ch.cache.stats.origin_errors, 1);
+        io.fail(e.error.errno());
+    }
+}
+
+fn origin_flush_done(child: BdevIo, ok: bool, ctx: IoCtx) {
+    let Some((io, ch)) = origin_done(child, ok, ctx) else {
+        return;
+    };
+    ch.cache.note_origin_flushed(io.driver_ctx_ref()[MISS_LBA]);
+    io.complete_ok();
 }

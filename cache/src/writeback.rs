@@ -219,6 +219,8 @@ pub fn start(cache: &Arc<Cache>) -> Result<(), String> {
         batch: Vec::with_capacity(BATCH_KEYS),
         pieces: Vec::with_capacity(BATCH_KEYS * 2),
         inflight: 0,
+        around_flush: None,
+        around_next: 0,
         failed: false,
         covered: 0,
         dirty_tails: vec![LogPos::default(); lanes],
@@ -367,17 +369,28 @@ struct Engine {
     window_bytes: u64,
     kset_buf: Vec<u8>,
     cursors: Vec<Cursor>,
+    /// An origin flush for writes sent around the cache is in flight, begun when the cache's
+    /// `around` count was this.
+    around_flush: Option<u64>,
+    around_next: u64,
 }
+
+/// How soon after a write around the cache its origin flush starts (so that promotions, which
+/// wait for it, resume; `Cache::origin_flushed`).
+const AROUND_FLUSH_US: u64 = 1_000;
 
 impl Engine {
     /// One poller run. None: stopped with nothing in flight (unregister).
     fn poll(&mut self) -> Option<PollStatus> {
         let now = Thread::current().map_or(0, |t| t.now());
         if self.cache.wb.stop.load(Ordering::SeqCst) && self.phase != Phase::Stopped {
-            if self.inflight > 0 {
+            if self.inflight > 0 || self.around_flush.is_some() {
                 return Some(PollStatus::Idle);
             }
             self.phase = Phase::Stopped;
+        }
+        if self.phase != Phase::Stopped {
+            self.flush_around(now);
         }
         match self.phase {
             Phase::Stopped => return None,
@@ -700,6 +713,31 @@ impl Engine {
         }
     }
 
+    /// Flushes the origin for the writes sent around the cache since the last origin flush
+    /// (one at a time, at most every [`AROUND_FLUSH_US`]).
+    fn flush_around(&mut self, now: u64) {
+        if self.around_flush.is_some()
+            || self.cache.origin_flushed()
+            || now < self.around_next
+            || !self.origin.io_type_supported(IoType::Flush)
+        {
+            return;
+        }
+        self.around_next = now + poller::time::us_to_ticks(AROUND_FLUSH_US);
+        let at = self.cache.around.load(Ordering::Acquire);
+        let ctx = IoCtx::Word((self.id << 32) | AROUND_FLUSH_PIECE);
+        match self
+            .origin
+            .flush(0, self.origin.num_blocks(), around_flush_done, ctx)
+        {
+            Ok(()) => self.around_flush = Some(at),
+            Err(e) if e.error.errno() != libc::ENOMEM => {
+                Stats::add(&self.cache.stats.origin_errors, 1);
+            }
+            Err(_) => {}
+        }
+    }
+
     /// Submits every piece not done yet.
     fn submit_pieces(&mut self) {
         self.phase = Phase::Writing;
@@ -948,6 +986,26 @@ fn piece(t: &Taken, a: u64, b: u64, bs: u64) -> Piece {
             Src::Pmem(at) => Src::Pmem(at + skip),
         }),
         state: PieceState::Todo,
+    }
+}
+
+/// The piece number of `flush_around`'s flush.
+const AROUND_FLUSH_PIECE: usize = 0xffff_fffe;
+
+fn around_flush_done(io: BdevIo, ok: bool, ctx: IoCtx) {
+    drop(io);
+    let Some((engine, _)) = engine_of(&ctx) else {
+        return;
+    };
+    let Ok(mut e) = engine.try_borrow_mut() else {
+        return;
+    };
+    if let Some(at) = e.around_flush.take() {
+        if ok {
+            e.cache.note_origin_flushed(at);
+        } else {
+            Stats::add(&e.cache.stats.origin_errors, 1);
+        }
     }
 }
 

@@ -57,16 +57,11 @@
 //! `format_props.rs` (proptest over every decoder: arbitrary bytes, single-byte mutations with
 //! and without a resealed crc); it is not repeated here.
 //!
-//! **Known bugs**, each with an ignored reproducer that passes once it is fixed:
-//! - a GC livelock (`gc_livelock_on_a_key_set_wider_than_the_window`): durable-mode write
-//!   storms and several threads in the modes around the cache hit it often, so in the default
-//!   run those storms also write from the management thread and those modes run one thread,
-//!   unless `PCACHE_CRASH_GC_LIVELOCK=1`;
-//! - around the cache (writethrough, writearound, passthrough) a FLUSH does not flush the origin
-//!   (`a_flush_makes_writes_around_the_cache_durable`), and clean copies are logged for data the
-//!   origin may still lose (`a_clean_copy_never_outlives_the_origin_data_it_copies`): the
-//!   default run gives those modes an origin without a volatile write cache, and
-//!   `crash_points_in_every_cache_mode_over_a_volatile_origin` does not.
+//! **Regressions** the harness found, each with a focused test: a GC livelock when a lane's
+//! key-set spans more `seq`s than GC's window of another lane covers
+//! (`gc_livelock_on_a_key_set_wider_than_the_window`); around the cache, a FLUSH that did not
+//! flush the origin (`a_flush_makes_writes_around_the_cache_durable`) and clean copies logged for
+//! data the origin could still lose (`a_clean_copy_never_outlives_the_origin_data_it_copies`).
 //!
 //! Budget: the default run explores at least 10 000 crash points over all tests
 //! (`PCACHE_CRASH_POINTS=N` sets another total, `PCACHE_LONG=1` asks for 200 000). A failure
@@ -447,9 +442,6 @@ struct Config {
     nested_every: u64,
     /// The origin disk fails its write-type I/O with this ordinal (0: none; see `Live::new`).
     fail_nth: u64,
-    /// Run the workloads that hit the known GC livelock as they are (durable-mode storms from
-    /// the writing threads only, see `Live::storm`; several threads in the Modes profile).
-    gc_livelock: bool,
     /// The mode the cache is created in (and re-created in after a restart).
     mode: &'static str,
     /// The origin has a volatile write cache (else every write is durable when it completes).
@@ -481,7 +473,6 @@ impl Config {
             cut_gap: 16,
             nested_every: 16,
             fail_nth: 0,
-            gc_livelock: std::env::var_os("PCACHE_CRASH_GC_LIVELOCK").is_some(),
             mode: "writeback",
             origin_cache: true,
             restart_every: 25,
@@ -506,19 +497,6 @@ impl Config {
             },
             Profile::Modes => Config {
                 mode: pick_mode(&mut r),
-                // KNOWN BUG (GC livelock, see `gc_livelock_on_a_key_set_wider_than_the_window`):
-                // around the cache every invalidation seals a key-set, so lanes written from
-                // several threads interleave in small key-sets and GC's window soon holds no cut.
-                // One thread (one lane: every key-set boundary is a cut) unless
-                // PCACHE_CRASH_GC_LIVELOCK=1.
-                threads: if base.gc_livelock { 3 } else { 1 },
-                // KNOWN BUGS (see `a_flush_makes_writes_around_the_cache_durable` and
-                // `a_clean_copy_never_outlives_the_origin_data_it_copies`): around the cache, a
-                // FLUSH does not flush the origin and clean copies may name data the origin
-                // still holds in its write cache. The default run gives these modes an origin
-                // without a write cache; `crash_points_in_every_cache_mode_over_a_volatile_origin`
-                // (ignored) gives them one.
-                origin_cache: false,
                 steps: 2000,
                 ..base
             },
@@ -1740,13 +1718,9 @@ impl Live {
     /// and GC), polling only them: the cache fills and writes wait for space.
     fn storm(&mut self, checker: &mut Checker) {
         let writers = self.cfg.threads - 1;
-        // KNOWN BUG (gc.rs, GC livelock, see `gc_livelock_on_a_key_set_wider_than_the_window`):
-        // in durable mode a storm makes one key-set per write in the writing lanes while the
-        // management lane's open key-set (promotions) spans all of them, and GC then never
-        // finds a cut. Until that is fixed, a durable-mode storm writes from the management
-        // thread too (each of its writes seals that key-set at its next poll) unless
-        // PCACHE_CRASH_GC_LIVELOCK=1.
-        let first = usize::from(writers > 0 && (!self.cfg.durable || self.cfg.gc_livelock));
+        // Writes from the writing threads only: in durable mode each seals its own key-set
+        // while the management lane's open key-set (promotions) spans them all.
+        let first = usize::from(writers > 0);
         for _ in 0..self.rng.random_range(50..=200) {
             let t = self.rng.random_range(first..=writers);
             if self.inflight.len() < 24 {
@@ -1771,8 +1745,7 @@ impl Live {
             self.h.advance_us(2_000);
         }
         panic!(
-            "I/O stuck (if writes wait for space while GC drops nothing, this may be the known \
-             GC livelock, see gc_livelock_on_a_key_set_wider_than_the_window): {:?}; {}; \
+            "I/O stuck (writes waiting for space while GC drops nothing?): {:?}; {}; \
              key-sets from each lane's key tail (min seq, max seq): {}",
             self.inflight
                 .values()
@@ -1928,16 +1901,6 @@ fn run_one(
 
 /// Runs workloads of `profile` (seeds from `first_seed` on) until `points` cuts were checked.
 fn run_profile(profile: Profile, first_seed: u64, share_percent: u64) -> Totals {
-    run_profile_with(profile, first_seed, share_percent, |c| c)
-}
-
-/// [`run_profile`], each workload's configuration passed through `tweak`.
-fn run_profile_with(
-    profile: Profile,
-    first_seed: u64,
-    share_percent: u64,
-    tweak: fn(Config) -> Config,
-) -> Totals {
     let tag = match profile {
         Profile::Mixed => "ccm",
         Profile::SmallBlocks => "ccs",
@@ -1962,7 +1925,7 @@ fn run_profile_with(
     let mut seed = only_seed.unwrap_or(first_seed);
     loop {
         run_one(
-            tweak(Config::new(profile, seed)),
+            Config::new(profile, seed),
             tag,
             only_cut,
             &mut checker,
@@ -2102,24 +2065,19 @@ fn origin_failure_at_each_write_ordinal_loses_nothing() {
     );
 }
 
-/// KNOWN BUG reproducer (cache/src/gc.rs, `Engine::read_window` / `cut`): GC reads at most
-/// `SETS_PER_LANE` (64) key-sets of each lane per round and needs a cut `P` below every
-/// truncated lane's next key. When those windows hold no cut — another lane's oldest key-set
-/// spans more `seq`s than a lane's 64 key-sets cover, or two lanes' small key-sets interleave
-/// all the way through their windows — the round drops nothing, and every later round reads
-/// the very same windows, even when a cut exists further on (e.g. at the end of logs that are
-/// entirely written back). GC's cut requests (one every 1024 keys) do not help: with writes
-/// waiting for space no new keys come. Once the cache is full, writes wait for GC forever.
-/// Fix: when a round finds no cut and a window stopped at its budget, read further (double the
-/// budget, up to the dirty tails) instead of retrying the same windows.
+/// Regression (cache/src/gc.rs, `Engine::read_window` / `cut`): GC reads a bounded number of
+/// key-sets of each lane per round and needs a cut `P` below every truncated lane's next key.
+/// When another lane's oldest key-set spans more `seq`s than a lane's window covers (or two
+/// lanes' small key-sets interleave all through their windows), a round finds no cut; GC used
+/// to retry the same windows forever and, once the cache was full, writes waited for ever. It
+/// now reads further (the window doubles) until it finds the cut.
 ///
 /// Here: thread 0 reads a block (its promotion is a clean key left in thread 0's open key-set),
 /// thread 1 makes 100 FUA writes (one key-set each), thread 0 reads another block (a second key
 /// in the same open key-set, which so spans all 100), then thread 1 writes until the cache is
-/// full. The random workloads hit the same livelock with durable mode and write storms
-/// (`PCACHE_CRASH_GC_LIVELOCK=1`, e.g. seed 1004 of `crash_points_small_blocks_and_durable_mode`).
+/// full. The random workloads met the same with durable mode and write storms (e.g. seed 1004
+/// of `crash_points_small_blocks_and_durable_mode`).
 #[test]
-#[ignore = "known bug: GC livelock in cache/src/gc.rs (a key-set wider than GC's 64-set window); passes once fixed"]
 fn gc_livelock_on_a_key_set_wider_than_the_window() {
     tune_malloc();
     let bs = 4096usize;
@@ -2229,8 +2187,8 @@ fn wait_nonblocking() -> Vec<(usize, bool)> {
 /// them; the mode changes at random while the workload runs (leaving writeback cleans the cache
 /// through the log). The oracle's promise is the same in every mode: a FLUSH makes every write
 /// completed before it durable, a FUA write is durable when it completes.
-///
-/// The origin here has no volatile write cache (see the KNOWN BUGS note in `Config::new`).
+/// The origin has a volatile write cache: writes around the cache are durable only once a FLUSH
+/// (or FUA) reaches it.
 #[test]
 fn crash_points_in_every_cache_mode() {
     tune_malloc();
@@ -2238,18 +2196,6 @@ fn crash_points_in_every_cache_mode() {
     if std::env::var_os("PCACHE_CRASH_SEED").is_none() {
         assert!(t.writeback_batches > 0, "{t:?}");
     }
-}
-
-/// The same over an origin with a volatile write cache: fails on the known bugs (a FLUSH does not
-/// flush the origin; clean copies of data the origin may still lose), e.g. seed 4000.
-#[test]
-#[ignore = "known bugs in cache/src/io.rs (FLUSH and clean copies around the cache); passes once fixed"]
-fn crash_points_in_every_cache_mode_over_a_volatile_origin() {
-    tune_malloc();
-    run_profile_with(Profile::Modes, 4_000, 20, |c| Config {
-        origin_cache: true,
-        ..c
-    });
 }
 
 /// A small cache for the focused reproducers: one thread, the given mode, GC all but idle.
@@ -2373,14 +2319,13 @@ fn names_tag(pc: &Bdev) -> String {
     pc.name().trim_end_matches("_c").to_string()
 }
 
-/// KNOWN BUG reproducer (cache/src/io.rs, `flush`): in writethrough, writearound and
+/// Regression (cache/src/io.rs, `flush`): in writethrough, writearound and
 /// passthrough modes writes go to the origin, but a FLUSH of the cache bdev only seals the
 /// lanes' key-sets: it never flushes the origin, so a write completed before a completed FLUSH
 /// is lost when the origin loses its volatile write cache. (The same holds in writeback mode for
 /// writes past the sequential cutoff, and for durable mode, whose writes to the origin complete
 /// without FUA.) The fix: a FLUSH also flushes the origin (after the lanes are sealed).
 #[test]
-#[ignore = "known bug: a FLUSH does not flush the origin (cache/src/io.rs, flush); passes once fixed"]
 fn a_flush_makes_writes_around_the_cache_durable() {
     tune_malloc();
     for (i, mode) in ["writethrough", "writearound", "passthrough"]
@@ -2400,7 +2345,7 @@ fn a_flush_makes_writes_around_the_cache_durable() {
     }
 }
 
-/// KNOWN BUG reproducer (cache/src/io.rs): a clean key may name data the origin does not hold
+/// Regression (cache/src/io.rs): a clean key may name data the origin does not hold
 /// durably. Writethrough caches a write's data as clean once the origin completes it
 /// (`origin_write_done` → `cache_copy`), and a read miss caches what the origin returned
 /// (`promote`) — in both cases possibly data still in the origin's volatile write cache. When a
@@ -2410,7 +2355,6 @@ fn a_flush_makes_writes_around_the_cache_durable() {
 /// nothing wrote it. A clean key must only be logged for data the origin holds durably (send
 /// those writes with FUA, or flush the origin before sealing such keys).
 #[test]
-#[ignore = "known bug: clean copies of data not durable on the origin survive a power cut (cache/src/io.rs); passes once fixed"]
 fn a_clean_copy_never_outlives_the_origin_data_it_copies() {
     tune_malloc();
     let mut wrong = Vec::new();
