@@ -4,7 +4,7 @@
 //! gets a second chance; data overwritten across GC rounds replays as its newest version.
 
 mod common;
-use common::{iov, record, wait};
+use common::{iov, record, unregister, wait};
 
 use bdev::malloc::{self, rpc::MallocCreateParams};
 use bdev::{Bdev, BdevChannel, BdevDesc, DmaBuf, IoCtx, IoFlags};
@@ -14,7 +14,6 @@ use cache::writeback;
 use pmem::{Pmem, PmemFile};
 use poller::Harness;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 const BS: usize = 4096;
 const PMEM_BYTES: usize = 32 << 20;
@@ -54,21 +53,6 @@ fn open_on(h: &Harness, thread: usize, name: &str, write: bool) -> (BdevDesc, Bd
     let d = BdevDesc::open(name, write, |_| {}).unwrap();
     let ch = h.run_on(thread, || d.get_io_channel().unwrap());
     (d, ch)
-}
-
-fn unregister(h: &Harness, b: Bdev) {
-    let done = Arc::new(AtomicBool::new(false));
-    let d = done.clone();
-    h.run_on(0, || {
-        b.unregister(move |r| {
-            r.unwrap();
-            d.store(true, Ordering::SeqCst);
-        })
-    });
-    for _ in 0..100 {
-        h.poll_until_idle(10);
-    }
-    assert!(done.load(Ordering::SeqCst));
 }
 
 /// Writes `n` blocks at `lba` (version `tag`) from `thread` and waits.

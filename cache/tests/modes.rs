@@ -6,7 +6,7 @@
 //! reads out of the cache; set_options checks its values and reset_stats zeroes the counters.
 
 mod common;
-use common::{iov, record, wait};
+use common::{iov, record, unregister, wait};
 
 use bdev::malloc::{self, rpc::MallocCreateParams};
 use bdev::{Bdev, BdevChannel, BdevDesc, DmaBuf, IoCtx, IoFlags};
@@ -15,7 +15,6 @@ use cache::params::{CacheMode, CreateParams, SetOptionsParams};
 use pmem::{Pmem, PmemFile};
 use poller::Harness;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 const BS: usize = 4096;
 const ORIGIN_BLOCKS: u64 = 4096;
@@ -78,21 +77,6 @@ fn open(h: &Harness, name: &str, write: bool) -> (BdevDesc, BdevChannel) {
     let d = BdevDesc::open(name, write, |_| {}).unwrap();
     let ch = h.run_on(0, || d.get_io_channel().unwrap());
     (d, ch)
-}
-
-fn unregister(h: &Harness, b: Bdev) {
-    let done = Arc::new(AtomicBool::new(false));
-    let d = done.clone();
-    h.run_on(0, || {
-        b.unregister(move |r| {
-            r.unwrap();
-            d.store(true, Ordering::SeqCst);
-        })
-    });
-    for _ in 0..100 {
-        h.poll_until_idle(10);
-    }
-    assert!(done.load(Ordering::SeqCst));
 }
 
 impl Env {

@@ -2,7 +2,7 @@
 //! misses served from the origin, FLUSH, and the data surviving delete + re-create (replay).
 
 mod common;
-use common::{iov, record, wait};
+use common::{iov, record, unregister, wait};
 
 use bdev::malloc::{self, rpc::MallocCreateParams};
 use bdev::{Bdev, BdevChannel, BdevDesc, DmaBuf, IoCtx, IoFlags};
@@ -30,21 +30,6 @@ fn open(h: &Harness, name: &str) -> (BdevDesc, BdevChannel) {
     let d = BdevDesc::open(name, true, |_| {}).unwrap();
     let ch = h.run_on(0, || d.get_io_channel().unwrap());
     (d, ch)
-}
-
-fn unregister(h: &Harness, b: Bdev) {
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let d = done.clone();
-    h.run_on(0, || {
-        b.unregister(move |r| {
-            r.unwrap();
-            d.store(true, std::sync::atomic::Ordering::SeqCst);
-        })
-    });
-    for _ in 0..100 {
-        h.poll_until_idle(10);
-    }
-    assert!(done.load(std::sync::atomic::Ordering::SeqCst));
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! a delete + re-create, and origin errors are retried until everything is written.
 
 mod common;
-use common::{iov, record, wait};
+use common::{iov, record, unregister, wait};
 
 use bdev::error_inject::rpc::{ErrorCreateParams, ErrorInjectParams, ErrorType, InjectIoType};
 use bdev::malloc::{self, rpc::MallocCreateParams};
@@ -37,21 +37,6 @@ fn open(h: &Harness, name: &str, write: bool) -> (BdevDesc, BdevChannel) {
     let d = BdevDesc::open(name, write, |_| {}).unwrap();
     let ch = h.run_on(0, || d.get_io_channel().unwrap());
     (d, ch)
-}
-
-fn unregister(h: &Harness, b: Bdev) {
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let d = done.clone();
-    h.run_on(0, || {
-        b.unregister(move |r| {
-            r.unwrap();
-            d.store(true, std::sync::atomic::Ordering::SeqCst);
-        })
-    });
-    for _ in 0..100 {
-        h.poll_until_idle(10);
-    }
-    assert!(done.load(std::sync::atomic::Ordering::SeqCst));
 }
 
 fn write(h: &Harness, ch: &BdevChannel, lba: u64, b: &DmaBuf) {
