@@ -184,6 +184,34 @@ impl Setup {
         j
     }
 
+    /// Writes pattern `seed` over all of Pcache0 (`config` has slow writeback) and shows that
+    /// the data lives in pmem: the origin alone (`origin_only`) holds less than half of it.
+    fn write_pattern_into_pmem(&self, config: &Path, origin_only: &Path, seed: u64) {
+        let blocks = self.origin_blocks;
+        let seed_arg = seed.to_string();
+        let w = self.bdevperf_ok(
+            config,
+            &[
+                "-T",
+                "Pcache0",
+                "-q",
+                "32",
+                "-o",
+                "4096",
+                "-w",
+                "write",
+                "--pattern",
+                &seed_arg,
+            ],
+        );
+        assert_eq!(u(&w, "blocks_covered"), blocks, "{w:#}");
+        let (on_origin, _, _) = self.check(origin_only, "Origin0", seed);
+        assert!(
+            on_origin < blocks / 2,
+            "{on_origin} of {blocks} blocks already on the origin: the test would prove nothing"
+        );
+    }
+
     /// `-w check --pattern SEED` over the whole bdev; (matching, other pattern, foreign).
     fn check(&self, config: &Path, bdev: &str, seed: u64) -> (u64, u64, u64) {
         let seed = seed.to_string();
@@ -499,28 +527,7 @@ fn a_pattern_written_through_the_cache_survives_the_process() {
     let blocks = setup.origin_blocks;
     let pcache = setup.config(Some(&CacheOpts::slow_writeback()));
     let origin_only = setup.config(None);
-    let w = setup.bdevperf_ok(
-        &pcache,
-        &[
-            "-T",
-            "Pcache0",
-            "-q",
-            "32",
-            "-o",
-            "4096",
-            "-w",
-            "write",
-            "--pattern",
-            "41",
-        ],
-    );
-    assert_eq!(u(&w, "blocks_covered"), blocks, "{w:#}");
-    // The data lives in pmem: writeback (1 MiB/s) has sent little of it to the origin yet.
-    let (on_origin, _, _) = setup.check(&origin_only, "Origin0", 41);
-    assert!(
-        on_origin < blocks / 2,
-        "{on_origin} of {blocks} blocks already on the origin: the test would prove nothing"
-    );
+    setup.write_pattern_into_pmem(&pcache, &origin_only, 41);
     // A new process reattaches (the first one stopped the cache cleanly) and finds every block.
     let tgt = setup.start_bdevperf_server(
         &pcache,
@@ -723,27 +730,7 @@ fn after_flush_the_origin_alone_holds_the_data() {
     let writer = setup.config(Some(&CacheOpts::slow_writeback()));
     let tgt_config = setup.config(Some(&CacheOpts::writeback()));
     let origin_only = setup.config(None);
-    let w = setup.bdevperf_ok(
-        &writer,
-        &[
-            "-T",
-            "Pcache0",
-            "-q",
-            "32",
-            "-o",
-            "4096",
-            "-w",
-            "write",
-            "--pattern",
-            "77",
-        ],
-    );
-    assert_eq!(u(&w, "blocks_covered"), blocks);
-    let (on_origin, _, _) = setup.check(&origin_only, "Origin0", 77);
-    assert!(
-        on_origin < blocks / 2,
-        "{on_origin} of {blocks} blocks already on the origin: the test would prove nothing"
-    );
+    setup.write_pattern_into_pmem(&writer, &origin_only, 77);
 
     let tgt = setup.start_tgt(&tgt_config);
     assert_eq!(
