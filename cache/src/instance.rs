@@ -373,11 +373,16 @@ impl Cache {
     /// published first (SeqCst, as the increment), so writeback, which reads `seq` and then every
     /// lane's bound, never takes a taken-but-unsealed key's `seq` as durable.
     pub fn take_seq(&self, lane: &Lane) -> u64 {
+        self.open_lane(lane);
+        self.seq.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Publishes `lane`'s "min open seq" before it takes a sequence number (see `take_seq`).
+    fn open_lane(&self, lane: &Lane) {
         let shared = lane.log.shared();
         if shared.min_open_seq().is_none() {
             shared.open_from(self.seq.load(Ordering::SeqCst));
         }
-        self.seq.fetch_add(1, Ordering::SeqCst)
     }
 
     /// Indexes a write's extent and gives it its sequence number, taken under the index lock so
@@ -389,11 +394,20 @@ impl Cache {
         lane: &Lane,
         e: &crate::index::Extent,
     ) -> Result<u64, crate::index::IndexError> {
-        let shared = lane.log.shared();
-        if shared.min_open_seq().is_none() {
-            shared.open_from(self.seq.load(Ordering::SeqCst));
-        }
+        self.open_lane(lane);
         self.index.insert_ordered(e, &self.seq).map(|(_, seq)| seq)
+    }
+
+    /// Drops the index's entries for [lba, lba + len) with a sequence number taken as in
+    /// `insert_ordered`, for the clean UNMAP key that logs the drop.
+    pub fn remove_ordered(
+        &self,
+        lane: &Lane,
+        lba: u64,
+        len: u32,
+    ) -> (crate::index::Displaced, u64) {
+        self.open_lane(lane);
+        self.index.remove_ordered(lba, len, &self.seq)
     }
 
     /// Appends `key` to `lane`'s open key-set (sealing where GC asked for a cut, and when full).

@@ -135,9 +135,12 @@ fn write_to_origin(ch: &CacheBdevChannel, io: BdevIo) {
         io.fail(errno);
         return;
     }
-    ch.cache
-        .around
-        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    // An origin without FLUSH has no volatile cache to lose the write from.
+    if ch.origin.io_type_supported(IoType::Flush) {
+        ch.cache
+            .around
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
     let flags = around_flags(&ch.cache, &io);
     ch.origin
         .forward_with(io, flags, origin_write_done, retry_origin_write);
@@ -232,11 +235,7 @@ fn invalidate(lane_ch: &LaneChannel, lba: u64, n: u64) -> Result<(), i32> {
         let Some(lane) = lane_ref.as_mut() else {
             return Err(libc::EBUSY);
         };
-        let shared = lane.log.shared();
-        if shared.min_open_seq().is_none() {
-            shared.open_from(cache.seq.load(std::sync::atomic::Ordering::SeqCst));
-        }
-        let (dropped, seq) = cache.index.remove_ordered(at, len, &cache.seq);
+        let (dropped, seq) = cache.remove_ordered(lane, at, len);
         let key = crate::format::Key {
             seq,
             origin_off: at,

@@ -578,22 +578,21 @@ impl Engine {
             if t.key.is_unmap() || t.key.seq > covered {
                 continue;
             }
-            let loaded = load(&self.cache, &mut self.bounce, &t);
-            if let Ok(data) = loaded {
-                self.batch[n].data = data;
-            }
-            if let Err(why) = loaded {
-                Stats::add(&self.cache.stats.crc_errors, 1);
-                tracing::error!(
-                    cache = %self.cache.name,
-                    seq = t.key.seq,
-                    lba = t.key.origin_off,
-                    blocks = t.key.len,
-                    "DIRTY DATA CANNOT BE WRITTEN BACK ({why}); it stays dirty and writeback stops here"
-                );
-                self.blocked_seq = Some(t.key.seq);
-                covered = covered.min(t.key.seq - 1);
-                break;
+            match load(&self.cache, &mut self.bounce, &t) {
+                Ok(data) => self.batch[n].data = data,
+                Err(why) => {
+                    Stats::add(&self.cache.stats.crc_errors, 1);
+                    tracing::error!(
+                        cache = %self.cache.name,
+                        seq = t.key.seq,
+                        lba = t.key.origin_off,
+                        blocks = t.key.len,
+                        "DIRTY DATA CANNOT BE WRITTEN BACK ({why}); it stays dirty and writeback stops here"
+                    );
+                    self.blocked_seq = Some(t.key.seq);
+                    covered = covered.min(t.key.seq - 1);
+                    break;
+                }
             }
         }
         self.covered = covered.max(written_back);
