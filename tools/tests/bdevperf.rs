@@ -1,16 +1,16 @@
 //! bdevperf end to end: the built binary against tiny malloc/null/uring configs, 1 s runs with idle
 //! back-off so parallel tests share the cores.
 
+mod common;
+use common::{DEADLINE, counts, rpc_call, u};
+
 use serde_json::{Value, json};
-use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bdevperf");
-/// A run that takes longer than this is a hang, not a slow machine.
-const DEADLINE: Duration = Duration::from_secs(90);
 
 /// 4 MiB malloc with 4 KiB blocks, and a null bdev.
 const CONFIG: &str = r#"{"subsystems": [{"subsystem": "bdev", "config": [
@@ -102,11 +102,6 @@ fn ok(out: &Output) -> String {
 
 fn job(doc: &Value, i: usize) -> &Value {
     &doc["results"][i]
-}
-
-fn u(v: &Value, k: &str) -> u64 {
-    v[k].as_u64()
-        .unwrap_or_else(|| panic!("{k} missing in {v:#}"))
 }
 
 fn f(v: &Value, k: &str) -> f64 {
@@ -373,36 +368,8 @@ fn a_fresh_malloc_checks_as_all_foreign() {
     let stdout = ok(&out);
     assert!(stdout.contains("foreign 1024"), "{stdout}");
     let j = job(&doc, 0);
-    assert_eq!(
-        (
-            u(j, "blocks_matching"),
-            u(j, "blocks_other_pattern"),
-            u(j, "blocks_foreign")
-        ),
-        (0, 0, 1024)
-    );
+    assert_eq!(counts(j), (0, 0, 1024));
     assert_eq!(u(j, "blocks_covered"), 1024);
-}
-
-/// A minimal SPDK JSON-RPC client: one request, one answer.
-fn rpc_call(sock: &Path, method: &str, params: Value) -> Value {
-    let mut s = UnixStream::connect(sock).unwrap();
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    let req = json!({"jsonrpc": "2.0", "method": method, "id": 1, "params": params});
-    s.write_all(req.to_string().as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "connection closed before the answer");
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(Ok(v)) = serde_json::Deserializer::from_slice(&buf)
-            .into_iter::<Value>()
-            .next()
-        {
-            return v;
-        }
-    }
 }
 
 fn wait_for_socket(sock: &Path, child: &mut Child) {
@@ -436,14 +403,7 @@ fn perform_tests_over_rpc_writes_then_checks_a_pattern() {
         .spawn()
         .unwrap();
     wait_for_socket(&sock, &mut child);
-    let check = |v: &Value| {
-        let j = &v["result"]["results"][0];
-        (
-            u(j, "blocks_matching"),
-            u(j, "blocks_other_pattern"),
-            u(j, "blocks_foreign"),
-        )
-    };
+    let check = |v: &Value| counts(&v["result"]["results"][0]);
     let before = rpc_call(&sock, "perform_tests", json!({"workload_type": "check"}));
     assert_eq!(check(&before), (0, 0, 1024), "{before:#}");
     let write = rpc_call(&sock, "perform_tests", json!({"workload_type": "write"}));
@@ -505,13 +465,6 @@ fn a_pattern_survives_restarts_on_a_uring_file() {
             "pattern blocks are the bdev's blocks"
         );
         j
-    };
-    let counts = |j: &Value| {
-        (
-            u(j, "blocks_matching"),
-            u(j, "blocks_other_pattern"),
-            u(j, "blocks_foreign"),
-        )
     };
     let w = run(&["-w", "write", "--pattern", "11"]);
     assert_eq!(u(&w, "blocks_covered"), 4096);

@@ -11,17 +11,16 @@
 //! - SIGKILL of bdevperf mid-write, and of pcache_tgt mid-writeback, leaves only whole blocks;
 //! - after `bdev_pcache_flush_start` completes, the origin alone holds the data.
 
+mod common;
+use common::{DEADLINE, counts, rpc_call, u};
+
 use serde_json::{Value, json};
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 const BDEVPERF: &str = env!("CARGO_BIN_EXE_bdevperf");
-/// A run or a start that takes longer than this is a hang, not a slow machine.
-const DEADLINE: Duration = Duration::from_secs(90);
 const MIB: u64 = 1 << 20;
 const BS: u64 = 4096;
 /// The origin's identity: the cache records it and reattaches only to the same one, and the uring
@@ -384,41 +383,6 @@ impl Tgt {
         let s = self.p.wait(DEADLINE);
         (s, self.p.output())
     }
-}
-
-/// A minimal SPDK JSON-RPC client: one request, one answer.
-fn rpc_call(sock: &Path, method: &str, params: Value) -> Value {
-    let mut s = UnixStream::connect(sock)
-        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", sock.display()));
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    let req = json!({"jsonrpc": "2.0", "method": method, "id": 1, "params": params});
-    s.write_all(req.to_string().as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "{method}: connection closed before the answer");
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(Ok(v)) = serde_json::Deserializer::from_slice(&buf)
-            .into_iter::<Value>()
-            .next()
-        {
-            return v;
-        }
-    }
-}
-
-fn u(v: &Value, k: &str) -> u64 {
-    v[k].as_u64()
-        .unwrap_or_else(|| panic!("{k} missing in {v:#}"))
-}
-
-fn counts(j: &Value) -> (u64, u64, u64) {
-    (
-        u(j, "blocks_matching"),
-        u(j, "blocks_other_pattern"),
-        u(j, "blocks_foreign"),
-    )
 }
 
 /// One cell of the verify matrix: a fresh 64 MiB cache (one-MiB segments) in front of a
