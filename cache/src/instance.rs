@@ -17,36 +17,52 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Counters for `bdev_pcache_get_stats` (relaxed: each is its own fact).
-#[derive(Default)]
-pub struct Stats {
-    pub read_hits: Counter,
-    pub read_misses: Counter,
-    pub read_partial_hits: Counter,
-    pub bytes_read_cache: Counter,
-    pub bytes_read_origin: Counter,
-    pub bytes_written_cache: Counter,
-    pub bytes_written_origin: Counter,
-    pub bytes_promoted: Counter,
-    pub crc_errors: Counter,
-    pub origin_errors: Counter,
-    pub deferred_writes: Counter,
-    pub keysets_sealed: Counter,
+/// Declares `Stats` from one list of counters, with `Stats::all` over every one of them (so
+/// `reset` cannot miss a counter added later).
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// Counters for `bdev_pcache_get_stats` (relaxed: each is its own fact).
+        #[derive(Default)]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: Counter,)*
+        }
+
+        impl Stats {
+            fn all(&self) -> impl Iterator<Item = &Counter> {
+                [$(&self.$name),*].into_iter()
+            }
+        }
+    };
+}
+
+counters! {
+    read_hits,
+    read_misses,
+    read_partial_hits,
+    bytes_read_cache,
+    bytes_read_origin,
+    bytes_written_cache,
+    bytes_written_origin,
+    bytes_promoted,
+    crc_errors,
+    origin_errors,
+    deferred_writes,
+    keysets_sealed,
     /// Bytes written (or zeroed) on the origin by writeback, batches committed, keys written.
-    pub writeback_bytes: Counter,
-    pub writeback_batches: Counter,
-    pub writeback_keys: Counter,
+    writeback_bytes,
+    writeback_batches,
+    writeback_keys,
     /// GC rounds that dropped something, keys dropped, bytes evicted from the index, bytes
     /// given a second chance, segments freed after their grace period.
-    pub gc_runs: Counter,
-    pub gc_keys: Counter,
-    pub gc_evicted_bytes: Counter,
-    pub gc_second_chance_bytes: Counter,
-    pub gc_segments_freed: Counter,
+    gc_runs,
+    gc_keys,
+    gc_evicted_bytes,
+    gc_second_chance_bytes,
+    gc_segments_freed,
     /// I/Os of sequential streams past the cutoff (they bypassed the cache).
-    pub sequential_bypassed: Counter,
+    sequential_bypassed,
     /// Cached bytes dropped because a write or unmap went to the origin around the cache.
-    pub bytes_invalidated: Counter,
+    bytes_invalidated,
 }
 
 impl Stats {
@@ -57,56 +73,7 @@ impl Stats {
     /// `bdev_pcache_reset_stats`: every counter back to 0 (the state — dirty bytes, occupancy,
     /// log positions — is not a counter and stays).
     pub fn reset(&self) {
-        let Stats {
-            read_hits,
-            read_misses,
-            read_partial_hits,
-            bytes_read_cache,
-            bytes_read_origin,
-            bytes_written_cache,
-            bytes_written_origin,
-            bytes_promoted,
-            crc_errors,
-            origin_errors,
-            deferred_writes,
-            keysets_sealed,
-            writeback_bytes,
-            writeback_batches,
-            writeback_keys,
-            gc_runs,
-            gc_keys,
-            gc_evicted_bytes,
-            gc_second_chance_bytes,
-            gc_segments_freed,
-            sequential_bypassed,
-            bytes_invalidated,
-        } = self;
-        for c in [
-            read_hits,
-            read_misses,
-            read_partial_hits,
-            bytes_read_cache,
-            bytes_read_origin,
-            bytes_written_cache,
-            bytes_written_origin,
-            bytes_promoted,
-            crc_errors,
-            origin_errors,
-            deferred_writes,
-            keysets_sealed,
-            writeback_bytes,
-            writeback_batches,
-            writeback_keys,
-            gc_runs,
-            gc_keys,
-            gc_evicted_bytes,
-            gc_second_chance_bytes,
-            gc_segments_freed,
-            sequential_bypassed,
-            bytes_invalidated,
-        ] {
-            c.reset();
-        }
+        self.all().for_each(Counter::reset);
     }
 }
 
