@@ -183,6 +183,18 @@ def _add_pmem_verbs(subparsers):
     p.set_defaults(func=delete)
 
 
+def _add_tunables(p):
+    """The options bdev_pcache_create and bdev_pcache_set_options share."""
+    _option(p, "--promotion-threshold", type=int,
+            help="Cache a read miss after this many misses (0 or 1: always)")
+    _option(p, "--sequential-cutoff", type=int,
+            help="Streams longer than this many bytes bypass the cache (0: off)")
+    _option(p, "--writeback-dirty-target", type=int,
+            help="Write back slowly while dirty data stays under this percent of the cache")
+    _option(p, "--writeback-rate-limit", type=int,
+            help="Upper bound for writeback in bytes per second (0: unlimited)")
+
+
 def _add_pcache_verbs(subparsers):
     def create(args):
         _print_json(bdev_pcache_create(
@@ -213,14 +225,7 @@ def _add_pcache_verbs(subparsers):
     _option(p, "--segment-size", type=int,
             help="Segment size in bytes when formatting (power of two, 1 MiB to 1 GiB)")
     _option(p, "-u", "--uuid", help="UUID of the new bdev (optional)")
-    _option(p, "--promotion-threshold", type=int,
-            help="Cache a read miss after this many misses (0 or 1: always)")
-    _option(p, "--sequential-cutoff", type=int,
-            help="Streams longer than this many bytes bypass the cache (0: off)")
-    _option(p, "--writeback-dirty-target", type=int,
-            help="Write back slowly while dirty data stays under this percent of the cache")
-    _option(p, "--writeback-rate-limit", type=int,
-            help="Upper bound for writeback in bytes per second (0: unlimited)")
+    _add_tunables(p)
     p.set_defaults(func=create)
 
     def set_options(args):
@@ -237,14 +242,7 @@ def _add_pcache_verbs(subparsers):
     _option(p, "-m", "--mode", choices=CACHE_MODES,
             help="Cache mode (leaving writeback starts writing dirty data back)")
     _option(p, "-g", "--gc-percent", type=int, help="Reclaim segments past this percent (0-90)")
-    _option(p, "--promotion-threshold", type=int,
-            help="Cache a read miss after this many misses (0 or 1: always)")
-    _option(p, "--sequential-cutoff", type=int,
-            help="Streams longer than this many bytes bypass the cache (0: off)")
-    _option(p, "--writeback-dirty-target", type=int,
-            help="Write back slowly while dirty data stays under this percent of the cache")
-    _option(p, "--writeback-rate-limit", type=int,
-            help="Upper bound for writeback in bytes per second (0: unlimited)")
+    _add_tunables(p)
     p.set_defaults(func=set_options)
 
     for verb, fn, help, prints in (
