@@ -4,60 +4,13 @@
 
 use crate::channel::ChannelInner;
 use crate::error::BdevError;
-use crate::io::{BdevIo, BdevThread, IoType};
+use crate::io::IoType;
+use crate::module::BdevOps;
 use crate::stat::IoStat;
 use poller::{IoDevice, Thread, ThreadHandle};
 use serde_json::{Value, json};
-use std::any::Any;
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::sync::{Arc, Mutex, Weak};
 use uuid::Uuid;
-
-/// Converts an `Rc` of a module channel into `Rc<dyn Any>` so it can be downcast.
-pub trait AsAnyRc {
-    fn into_any_rc(self: Rc<Self>) -> Rc<dyn Any>;
-}
-
-impl<T: 'static> AsAnyRc for T {
-    fn into_any_rc(self: Rc<Self>) -> Rc<dyn Any> {
-        self
-    }
-}
-
-/// A module's per-thread channel: where the bdev layer hands it I/O.
-pub trait BdevChannelOps: AsAnyRc {
-    /// Executes `io` and eventually completes it (`io.complete(..)`), on this thread.
-    fn submit_request(&self, io: BdevIo);
-}
-
-/// Lets a stacked module recognise a base bdev's ops type (`Bdev::ops_as`).
-pub trait AsAny {
-    fn as_any(&self) -> &dyn Any;
-}
-
-impl<T: 'static> AsAny for T {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
-
-/// A module's per-bdev operations (SPDK's fn_table).
-pub trait BdevOps: AsAny + Send + Sync + 'static {
-    fn io_type_supported(&self, io_type: IoType) -> bool;
-    /// Builds the calling thread's channel.
-    fn create_channel(&self) -> Result<Rc<dyn BdevChannelOps>, BdevError>;
-    /// Members of `driver_specific` in `bdev_get_bdevs`, e.g. `{"passthru": {...}}`.
-    fn dump_info_json(&self) -> Value {
-        json!({})
-    }
-    /// The RPC call that recreates this bdev, or None if it is not created by an RPC.
-    fn write_config_json(&self) -> Option<Value> {
-        None
-    }
-    /// Called once the bdev is unregistered and its last descriptor closed: release base bdevs.
-    fn destruct(&self) {}
-}
 
 /// What a module declares when it registers a bdev.
 #[derive(Clone, Debug)]
@@ -286,6 +239,18 @@ impl Bdev {
         }
     }
 
+    /// Unregisters `name` if `module` registered it (a module's delete), else answers ENODEV.
+    pub fn unregister_module_bdev(
+        module: &str,
+        name: &str,
+        done: impl FnOnce(Result<(), BdevError>) + Send + 'static,
+    ) {
+        match Bdev::lookup(name) {
+            Some(b) if b.module() == module => b.unregister(done),
+            _ => done(Err(BdevError::NoSuchDevice(name.to_string()))),
+        }
+    }
+
     /// Called when the last descriptor of a removing bdev closes.
     pub(crate) fn finish_unregister(&self) {
         registry().retain(|b| !b.ptr_eq(self));
@@ -420,24 +385,5 @@ fn validate(p: &BdevProps) -> Result<(), BdevError> {
 fn create_channel(weak: &Weak<BdevInner>) -> Result<ChannelInner, i32> {
     let inner = weak.upgrade().ok_or(libc::ENODEV)?;
     let thread = Thread::current().ok_or(libc::ENXIO)?;
-    let module_ch = inner.ops.create_channel().map_err(|e| e.errno())?;
-    let supported = IoType::ALL
-        .iter()
-        .filter(|t| inner.ops.io_type_supported(**t))
-        .fold(0, |m, t| m | t.bit());
-    let p = &inner.props;
-    Ok(ChannelInner {
-        bdev: weak.clone(),
-        module_ch,
-        thread: BdevThread::attach_channel(&thread),
-        stat: RefCell::new(IoStat::default()),
-        block_size: p.block_size,
-        num_blocks: p.num_blocks,
-        supported,
-        split_boundary: if p.split_on_optimal_io_boundary {
-            p.optimal_io_boundary as u64
-        } else {
-            0
-        },
-    })
+    ChannelInner::new(&inner, &thread)
 }

@@ -2,15 +2,21 @@
 //! split it on the optimal I/O boundary if asked, hand it to the module; and the completion path:
 //! statistics, then the submitter's callback.
 
-use crate::bdev::{BdevChannelOps, BdevInner};
+use crate::bdev::BdevInner;
 use crate::error::BdevError;
-use crate::io::{BdevIo, BdevThread, IoCallback, IoCtx, IoFlags, IoStatus, IoType, Waiter};
+use crate::io::{BdevIo, IoCallback, IoCtx, IoFlags, IoStatus, IoType};
 use crate::iov::{self, IoVec};
+use crate::module::BdevChannelOps;
+use crate::pool::IoPool;
 use crate::stat::IoStat;
-use poller::IoChannel;
-use std::cell::RefCell;
+use crate::thread::{BdevThread, STALL_SECS};
+use poller::{IoChannel, Thread};
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
+
+/// Most I/Os a channel has split into children at once (each split parent sends one at a time).
+const SPLIT_POOL: usize = 64;
 
 /// The bdev layer's per-thread context for one bdev, wrapping the module's channel.
 pub(crate) struct ChannelInner {
@@ -23,6 +29,105 @@ pub(crate) struct ChannelInner {
     pub(crate) supported: u32,
     /// Split reads and writes at multiples of this many blocks (0: never).
     pub(crate) split_boundary: u64,
+    /// The I/Os submitted to this bdev on this thread.
+    pub(crate) pool: IoPool,
+    /// The children of split I/Os, apart so parents holding `pool` cannot starve them.
+    pub(crate) split_pool: IoPool,
+    /// Set while the thread has this channel on its list of waiters to resume.
+    pub(crate) wake_queued: Cell<bool>,
+    /// Set once the stall watchdog knows this channel.
+    pub(crate) watched: Cell<bool>,
+    /// I/Os completed, and what the stall watchdog last saw.
+    completed: Cell<u64>,
+    stall: Cell<StallWatch>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct StallWatch {
+    completed: u64,
+    since: u64,
+    reported: bool,
+}
+
+impl ChannelInner {
+    pub(crate) fn new(bdev: &Arc<BdevInner>, thread: &Thread) -> Result<ChannelInner, i32> {
+        let module_ch = bdev.ops.create_channel().map_err(|e| e.errno())?;
+        let supported = IoType::ALL
+            .iter()
+            .filter(|t| bdev.ops.io_type_supported(**t))
+            .fold(0, |m, t| m | t.bit());
+        let p = &bdev.props;
+        let split_boundary = if p.split_on_optimal_io_boundary {
+            p.optimal_io_boundary as u64
+        } else {
+            0
+        };
+        let size = crate::options().bdev_io_cache_size as usize;
+        Ok(ChannelInner {
+            bdev: Arc::downgrade(bdev),
+            module_ch,
+            thread: BdevThread::attach_channel(thread),
+            stat: RefCell::new(IoStat::default()),
+            block_size: p.block_size,
+            num_blocks: p.num_blocks,
+            supported,
+            split_boundary,
+            pool: IoPool::new(size),
+            split_pool: IoPool::new(if split_boundary != 0 {
+                size.min(SPLIT_POOL)
+            } else {
+                0
+            }),
+            wake_queued: Cell::new(false),
+            watched: Cell::new(false),
+            completed: Cell::new(0),
+            stall: Cell::new(StallWatch {
+                since: thread.now(),
+                ..StallWatch::default()
+            }),
+        })
+    }
+
+    /// Resumes waiters while I/Os are free; true when some still wait with I/Os free.
+    pub(crate) fn resume_waiters(&self) -> bool {
+        let more = self.pool.serve();
+        self.split_pool.serve() || more
+    }
+
+    /// The stall watchdog's look at this channel: warns once when I/O has been outstanding for
+    /// `limit` ticks without one completing, says so again when I/O moves.
+    pub(crate) fn check_stall(&self, now: u64, limit: u64) {
+        let mut w = self.stall.get();
+        let outstanding = self.pool.outstanding() + self.split_pool.outstanding();
+        let name = self
+            .bdev
+            .upgrade()
+            .map_or_else(|| "?".to_string(), |b| b.props.name.clone());
+        if outstanding == 0 || self.completed.get() != w.completed {
+            if w.reported {
+                tracing::info!(bdev = name, "I/O completes again");
+            }
+            w = StallWatch {
+                completed: self.completed.get(),
+                since: now,
+                reported: false,
+            };
+        } else if !w.reported && now.saturating_sub(w.since) >= limit {
+            let module = self
+                .module_ch
+                .stall_report()
+                .map_or_else(String::new, |r| format!("; {r}"));
+            tracing::warn!(
+                bdev = name,
+                "no I/O completed for {STALL_SECS} s while {outstanding} of {} are outstanding; \
+                 {} submitters wait for a free bdev_io{module}",
+                self.pool.capacity(),
+                self.pool.waiting() + self.split_pool.waiting(),
+            );
+            w.reported = true;
+        }
+        self.stall.set(w);
+    }
 }
 
 impl Drop for ChannelInner {
@@ -210,13 +315,12 @@ impl BdevChannel {
         }
     }
 
-    /// Calls `f(ctx)` on this thread once an I/O is free again (after a NoMemory submit).
+    /// Calls `f(ctx)` on this thread once this channel has an I/O free again (after a NoMemory
+    /// submit); waiters are resumed in the order they queued.
     pub fn queue_io_wait(&self, f: fn(IoCtx), ctx: IoCtx) {
-        self.ch
-            .thread
-            .waiters
-            .borrow_mut()
-            .push_back(Waiter::Call(f, ctx));
+        if self.ch.pool.wait(f, ctx) {
+            self.ch.thread.schedule_wake(self.ch.rc());
+        }
     }
 
     pub fn block_size(&self) -> u32 {
@@ -269,7 +373,7 @@ impl BdevChannel {
             return Err(SubmitError { error, ctx });
         }
         let ch = &self.ch;
-        let Some(mut d) = ch.thread.alloc() else {
+        let Some(mut d) = ch.pool.take() else {
             return Err(SubmitError {
                 error: BdevError::NoMemory,
                 ctx,
@@ -287,7 +391,7 @@ impl BdevChannel {
         d.cb = Some(cb);
         d.ctx = ctx;
         d.ch = Some(ch.rc().clone());
-        d.is_child = false;
+        d.split_child = false;
         d.split_failed = None;
         d.submit_tick = ch.thread.now();
         let io = BdevIo::from_data(d);
@@ -346,7 +450,10 @@ impl BdevChannel {
 pub(crate) fn finish(mut io: BdevIo) {
     let d = io.data_mut();
     let status = d.status;
-    if !d.is_child
+    if let Some(ch) = d.ch.as_ref() {
+        ch.completed.set(ch.completed.get() + 1);
+    }
+    if !d.split_child
         && let Some(ch) = d.ch.as_ref()
     {
         let mut stat = ch.stat.borrow_mut();
@@ -391,11 +498,10 @@ fn split_continue(mut parent: BdevIo) {
         parent.complete(IoStatus::Success);
         return;
     }
-    let Some(mut c) = ch.thread.alloc() else {
-        ch.thread
-            .waiters
-            .borrow_mut()
-            .push_back(Waiter::Call(split_resume, IoCtx::Io(parent)));
+    let Some(mut c) = ch.split_pool.take() else {
+        if ch.split_pool.wait(split_resume, IoCtx::Io(parent)) {
+            ch.thread.schedule_wake(&ch);
+        }
         return;
     };
     let child_end = end.min((next / ch.split_boundary + 1) * ch.split_boundary);
@@ -413,7 +519,7 @@ fn split_continue(mut parent: BdevIo) {
     c.status = IoStatus::Pending;
     c.cb = Some(split_child_done);
     c.ch = Some(ch.clone());
-    c.is_child = true;
+    c.split_child = true;
     c.submit_tick = ch.thread.now();
     parent.data_mut().split_next = child_end;
     c.ctx = IoCtx::Io(parent);

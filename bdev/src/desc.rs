@@ -91,6 +91,7 @@ impl BdevDesc {
                     format!("cannot create a channel for {}", self.bdev.name()),
                 ),
             })?;
+        ch.thread.watch(ch.rc());
         Ok(BdevChannel {
             ch,
             writable: self.write,

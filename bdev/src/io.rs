@@ -1,4 +1,4 @@
-//! `BdevIo`: one block I/O, from a per-thread pool, owned by exactly one party at a time.
+//! `BdevIo`: one block I/O, from its channel's pool, owned by exactly one party at a time.
 //!
 //! The submitter gets it from the pool, the bdev layer hands it to the module, the module completes
 //! it, the layer hands it back to the submitter's callback, and dropping it returns it to the pool.
@@ -10,10 +10,7 @@
 
 use crate::channel::ChannelInner;
 use crate::iov::IoVec;
-use poller::{PollStatus, Poller, Thread};
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IoType {
@@ -93,8 +90,9 @@ pub(crate) struct IoData {
     /// The bdev-layer channel it was submitted on; None while pooled.
     pub(crate) ch: Option<Rc<ChannelInner>>,
     pub(crate) submit_tick: u64,
-    /// Split children skip the statistics (their parent counts once).
-    pub(crate) is_child: bool,
+    /// A split child: from the channel's split pool, and skips the statistics (its parent
+    /// counts once).
+    pub(crate) split_child: bool,
     /// Next block a split parent hands to a child.
     pub(crate) split_next: u64,
     pub(crate) split_failed: Option<i32>,
@@ -102,7 +100,7 @@ pub(crate) struct IoData {
     pub driver_ctx: [u64; 4],
 }
 
-/// A block I/O. Dropping it returns it to its thread's pool.
+/// A block I/O. Dropping it returns it to its channel's pool.
 pub struct BdevIo(Option<Box<IoData>>);
 
 impl BdevIo {
@@ -178,12 +176,9 @@ impl BdevIo {
             return;
         };
         if status == IoStatus::NoMemory {
-            ch.thread
-                .waiters
-                .borrow_mut()
-                .push_back(Waiter::Resubmit(self));
+            ch.thread.push_resubmit(self);
         } else {
-            ch.thread.completions.borrow_mut().push_back(self);
+            ch.thread.push_completion(self);
         }
     }
 
@@ -209,137 +204,19 @@ impl Drop for BdevIo {
         data.iovs.clear();
         data.ctx = IoCtx::None;
         data.cb = None;
-        ch.thread.pool.borrow_mut().push(data);
-    }
-}
-
-/// Something waiting for a free I/O on this thread.
-pub(crate) enum Waiter {
-    /// Resubmit this I/O to its module (it reported NoMemory).
-    Resubmit(BdevIo),
-    /// Call back the submitter (SPDK's spdk_bdev_queue_io_wait).
-    Call(fn(IoCtx), IoCtx),
-}
-
-/// Per-thread state of the bdev layer: the I/O pool, deferred completions and waiters.
-pub(crate) struct BdevThread {
-    // Boxed so handing an I/O around moves one pointer, not the whole record.
-    #[allow(clippy::vec_box)]
-    pub(crate) pool: RefCell<Vec<Box<IoData>>>,
-    pub(crate) completions: RefCell<VecDeque<BdevIo>>,
-    pub(crate) waiters: RefCell<VecDeque<Waiter>>,
-    /// The clock read once for the whole completion batch being run (0 outside a batch): every
-    /// completion and every resubmit from a callback shares it instead of reading the TSC again.
-    batch_now: Cell<u64>,
-    /// Live channels on this thread; the completion poller exists only while there are some, so a
-    /// thread that stops doing I/O can exit.
-    channels: Cell<usize>,
-    poller: RefCell<Option<Poller>>,
-}
-
-impl Default for BdevThread {
-    fn default() -> Self {
-        BdevThread {
-            pool: RefCell::new(Vec::new()),
-            completions: RefCell::new(VecDeque::new()),
-            waiters: RefCell::new(VecDeque::new()),
-            batch_now: Cell::new(0),
-            channels: Cell::new(0),
-            poller: RefCell::new(None),
+        let pool = if data.split_child {
+            &ch.split_pool
+        } else {
+            &ch.pool
+        };
+        if pool.give(data) {
+            ch.thread.schedule_wake(&ch);
         }
-    }
-}
-
-impl BdevThread {
-    /// The current thread's state, for a channel being created on it: the pool is filled on first
-    /// use and the completion poller registered while the thread has channels.
-    pub(crate) fn attach_channel(thread: &Thread) -> Rc<BdevThread> {
-        let t = thread.local::<BdevThread>();
-        if t.pool.borrow().is_empty() && t.channels.get() == 0 {
-            let size = crate::options().bdev_io_cache_size as usize;
-            t.pool
-                .borrow_mut()
-                .extend((0..size).map(|_| Box::new(IoData::new())));
-            t.completions.borrow_mut().reserve(size);
-            t.waiters.borrow_mut().reserve(size);
-        }
-        t.channels.set(t.channels.get() + 1);
-        if t.poller.borrow().is_none() {
-            let weak: Weak<BdevThread> = Rc::downgrade(&t);
-            let p = Poller::register_on(thread, "bdev_completions", 0, move || {
-                match weak.upgrade() {
-                    Some(t) => t.poll(),
-                    None => PollStatus::Idle,
-                }
-            });
-            *t.poller.borrow_mut() = Some(p);
-        }
-        t
-    }
-
-    /// A channel closed; with the last one gone no I/O can be pending here (each holds its
-    /// channel), so the poller goes and leftover waiters (from gone channels) are dropped.
-    pub(crate) fn detach_channel(&self) {
-        let n = self.channels.get().saturating_sub(1);
-        self.channels.set(n);
-        if n == 0 {
-            if let Some(p) = self.poller.borrow_mut().take() {
-                p.unregister();
-            }
-            let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-            drop(waiters);
-        }
-    }
-
-    pub(crate) fn alloc(&self) -> Option<Box<IoData>> {
-        self.pool.borrow_mut().pop()
-    }
-
-    /// The tick count to stamp an I/O with: the batch's reading inside a completion batch.
-    #[inline]
-    pub(crate) fn now(&self) -> u64 {
-        match self.batch_now.get() {
-            0 => poller::time::ticks(),
-            t => t,
-        }
-    }
-
-    /// Runs the completions queued before this call (later ones wait for the next iteration, so a
-    /// resubmitting callback cannot keep this loop going forever), then wakes waiters.
-    fn poll(&self) -> PollStatus {
-        let n = self.completions.borrow().len();
-        if n > 0 {
-            self.batch_now.set(poller::time::ticks());
-        }
-        for _ in 0..n {
-            let Some(io) = self.completions.borrow_mut().pop_front() else {
-                break;
-            };
-            crate::channel::finish(io);
-        }
-        let mut woke = false;
-        // Only the waiters present now: one that fails again re-queues behind and waits a round.
-        let waiting = self.waiters.borrow().len();
-        for _ in 0..waiting {
-            if self.pool.borrow().is_empty() {
-                break;
-            }
-            let Some(w) = self.waiters.borrow_mut().pop_front() else {
-                break;
-            };
-            woke = true;
-            match w {
-                Waiter::Resubmit(io) => crate::channel::resubmit(io),
-                Waiter::Call(f, ctx) => f(ctx),
-            }
-        }
-        self.batch_now.set(0);
-        PollStatus::from(n > 0 || woke)
     }
 }
 
 impl IoData {
-    fn new() -> IoData {
+    pub(crate) fn new() -> IoData {
         IoData {
             io_type: IoType::Read,
             offset_blocks: 0,
@@ -351,7 +228,7 @@ impl IoData {
             ctx: IoCtx::None,
             ch: None,
             submit_tick: 0,
-            is_child: false,
+            split_child: false,
             split_next: 0,
             split_failed: None,
             driver_ctx: [0; 4],

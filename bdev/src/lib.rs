@@ -3,10 +3,11 @@
 //! - `Bdev`: a registered device (properties + the module's `BdevOps`), shared by all threads.
 //! - `BdevDesc`: an opener's handle (read-only or read-write, optional exclusive write claim).
 //! - `BdevChannel`: a thread's handle for submitting I/O through a descriptor.
-//! - `BdevIo`: one I/O from a per-thread pool, completed on the submitting thread.
+//! - `BdevIo`: one I/O from its channel's pool (`pool.rs`), completed on the submitting thread
+//!   (`thread.rs` runs the completions, the waiters and the stall watchdog).
 //!
-//! Module-facing traits (`BdevOps`, `BdevChannelOps`, `BdevModule`) are kept apart from the user
-//! API in `bdev.rs` and `module.rs`.
+//! Module-facing traits (`BdevOps`, `BdevChannelOps`, `BdevModule`) live in `module.rs`, apart
+//! from the user API in `bdev.rs`.
 
 mod bdev;
 mod channel;
@@ -15,17 +16,21 @@ mod error;
 mod io;
 pub mod iov;
 mod module;
+mod pool;
 pub mod rpc;
 mod stat;
+mod thread;
+pub mod vbdev;
 
-pub use bdev::{AsAny, AsAnyRc, Bdev, BdevChannelOps, BdevEvent, BdevOps, BdevProps};
+pub use bdev::{Bdev, BdevEvent, BdevProps};
 pub use channel::{BdevChannel, SubmitError, SubmitResult};
 pub use desc::BdevDesc;
 pub use error::BdevError;
 pub use io::{BdevIo, IoCallback, IoCtx, IoFlags, IoStatus, IoType};
 pub use iov::{DmaBuf, IoVec};
-pub use module::{BdevModule, modules, register_module};
+pub use module::{AsAny, AsAnyRc, BdevChannelOps, BdevModule, BdevOps, modules, register_module};
 pub use stat::{IoStat, OpStat};
+pub use thread::STALL_SECS;
 
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
@@ -35,8 +40,9 @@ use std::sync::Mutex;
 #[serde(deny_unknown_fields)]
 pub struct BdevOptions {
     #[serde(default = "default_pool")]
+    /// All the bdev_io of the process: each channel's pool is taken from it (at least 16 each).
     pub bdev_io_pool_size: u32,
-    /// I/Os each thread keeps in its own pool (allocated when the thread first does I/O).
+    /// I/Os each channel (one bdev on one thread) keeps in its pool, allocated with the channel.
     #[serde(default = "default_cache")]
     pub bdev_io_cache_size: u32,
     #[serde(default = "default_true")]

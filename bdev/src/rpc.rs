@@ -3,6 +3,7 @@
 use crate::{Bdev, BdevError, BdevOptions, IoStat};
 use rpc::{Responder, RpcError, StateMask};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 
@@ -31,6 +32,52 @@ pub fn answer<T: Into<Value>>(r: Responder, result: Result<T, BdevError>) {
             r.err(e.into())
         }
     }
+}
+
+/// How a module's create answers a failure.
+#[derive(Clone, Copy)]
+pub enum CreateErrors {
+    /// The errno with its strerror text (SPDK's answer for most modules).
+    Strerror,
+    /// The errno with what was wrong with the request (`detailed_error`).
+    Detailed,
+}
+
+/// Registers a base module's `create` method: decode, create, answer the new bdev's name.
+pub fn register_create<P: DeserializeOwned + 'static>(
+    method: &str,
+    create: fn(P) -> Result<Bdev, BdevError>,
+    errors: CreateErrors,
+) {
+    rpc::register(
+        method,
+        StateMask::RUNTIME,
+        move |p: P, r: Responder| match (create(p), errors) {
+            (Ok(b), _) => r.ok(json!(b.name())),
+            (Err(e), CreateErrors::Strerror) => answer::<Value>(r, Err(e)),
+            (Err(e), CreateErrors::Detailed) => r.err(detailed_error(&e)),
+        },
+    );
+}
+
+/// The parameters of every module's `delete` method.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteParams {
+    pub name: String,
+}
+
+pub type DeleteDone = Box<dyn FnOnce(Result<(), BdevError>) + Send>;
+
+/// Registers a module's `delete` method: answers true once the bdev is unregistered.
+pub fn register_delete(method: &str, delete: fn(&str, DeleteDone)) {
+    rpc::register(
+        method,
+        StateMask::RUNTIME,
+        move |p: DeleteParams, r: Responder| {
+            delete(&p.name, Box::new(move |res| answer(r, res.map(|()| true))))
+        },
+    );
 }
 
 #[derive(Deserialize)]

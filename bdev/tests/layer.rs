@@ -2,31 +2,13 @@
 //! exhaustion and the wait list, splitting, claims and hot-remove.
 
 use bdev::malloc::{self, rpc::MallocCreateParams};
-use bdev::{Bdev, BdevDesc, BdevEvent, BdevIo, DmaBuf, IoCtx, IoFlags, IoVec};
+use bdev::{Bdev, BdevDesc, BdevEvent, DmaBuf, IoCtx, IoFlags, IoVec};
 use poller::Harness;
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-thread_local! {
-    static DONE: RefCell<Vec<(usize, bool)>> = const { RefCell::new(Vec::new()) };
-}
-
-fn record(io: BdevIo, ok: bool, ctx: IoCtx) {
-    drop(io);
-    if let IoCtx::Word(w) = ctx {
-        DONE.with(|d| d.borrow_mut().push((w, ok)));
-    }
-}
-
-fn done() -> Vec<(usize, bool)> {
-    DONE.with(|d| std::mem::take(&mut *d.borrow_mut()))
-}
-
-fn iov(buf: &DmaBuf) -> IoVec {
-    // SAFETY: every test keeps its buffers alive until the harness is idle.
-    unsafe { buf.iovec() }
-}
+mod common;
+use common::{done, iov, record};
 
 fn malloc(name: &str, blocks: u64, bs: u32, boundary: u32) -> Bdev {
     let mut p = MallocCreateParams::new(name, blocks, bs);
@@ -143,7 +125,7 @@ fn pool_exhaustion_queues_and_resumes() {
     assert_eq!(overflow.error.errno(), libc::ENOMEM);
     assert_eq!(
         submitted, 1024,
-        "the thread's pool holds bdev_io_cache_size I/Os"
+        "the channel's pool holds bdev_io_cache_size I/Os"
     );
     static RESUMED: AtomicUsize = AtomicUsize::new(0);
     fn resume(ctx: IoCtx) {

@@ -9,80 +9,19 @@ use bdev::error_inject::{
 };
 use bdev::malloc::{self, rpc::MallocCreateParams};
 use bdev::passthru::{self, rpc::PassthruCreateParams};
-use bdev::{Bdev, BdevChannel, BdevDesc, BdevIo, DmaBuf, IoCtx, IoFlags, IoType, IoVec};
+use bdev::{Bdev, BdevDesc, DmaBuf, IoCtx, IoFlags, IoType};
 use poller::Harness;
-use rpc::{Responder, RpcError};
+use rpc::RpcError;
 use serde_json::{Value, json};
-use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
-thread_local! {
-    static DONE: RefCell<Vec<(usize, bool)>> = const { RefCell::new(Vec::new()) };
-}
-
-fn record(io: BdevIo, ok: bool, ctx: IoCtx) {
-    drop(io);
-    if let IoCtx::Word(w) = ctx {
-        DONE.with(|d| d.borrow_mut().push((w, ok)));
-    }
-}
-
-/// Completions since the last call, sorted by submitter word.
-fn done() -> Vec<(usize, bool)> {
-    let mut v = DONE.with(|d| std::mem::take(&mut *d.borrow_mut()));
-    v.sort();
-    v
-}
-
-fn iov(buf: &DmaBuf) -> IoVec {
-    // SAFETY: every test keeps its buffers alive until the harness is idle.
-    unsafe { buf.iovec() }
-}
+mod common;
+use common::{done, iov, open, pattern, read, record, write};
 
 fn malloc(h: &Harness, name: &str, blocks: u64, bs: u32, uuid: Option<&str>) -> Bdev {
     let mut p = MallocCreateParams::new(name, blocks, bs);
     p.uuid = uuid.map(|u| u.parse().unwrap());
     h.run_on(0, || malloc::create(p).unwrap())
-}
-
-fn open(h: &Harness, name: &str, write: bool) -> (BdevDesc, BdevChannel) {
-    h.run_on(0, || {
-        let d = BdevDesc::open(name, write, |_| {}).unwrap();
-        let ch = d.get_io_channel().unwrap();
-        (d, ch)
-    })
-}
-
-fn pattern(len: usize, seed: u8) -> DmaBuf {
-    let mut b = DmaBuf::new(len, 4096).unwrap();
-    b.as_mut_slice()
-        .iter_mut()
-        .enumerate()
-        .for_each(|(i, x)| *x = (i as u8).wrapping_mul(7) ^ seed);
-    b
-}
-
-fn write(h: &Harness, ch: &BdevChannel, buf: &DmaBuf, lba: u64, word: usize) {
-    let blocks = buf.len() as u64 / ch.block_size() as u64;
-    h.run_on(0, || {
-        ch.write(
-            &[iov(buf)],
-            lba,
-            blocks,
-            IoFlags::default(),
-            record,
-            IoCtx::Word(word),
-        )
-        .unwrap()
-    });
-}
-
-fn read(h: &Harness, ch: &BdevChannel, buf: &DmaBuf, lba: u64, word: usize) {
-    let blocks = buf.len() as u64 / ch.block_size() as u64;
-    h.run_on(0, || {
-        ch.read(&[iov(buf)], lba, blocks, record, IoCtx::Word(word))
-            .unwrap()
-    });
 }
 
 /// Unregisters a bdev and polls until it is gone.
@@ -100,20 +39,9 @@ fn setup_rpcs() {
     rpc::set_state(rpc::AppState::Runtime);
 }
 
-/// Calls an RPC on thread 0 and polls until it is answered.
 fn call(h: &Harness, method: &str, params: Value) -> Result<Value, RpcError> {
     setup_rpcs();
-    let out = Arc::new(Mutex::new(None));
-    let o = out.clone();
-    h.run_on(0, || {
-        rpc::call(
-            method,
-            Some(params),
-            Responder::new(move |r| *o.lock().unwrap() = Some(r)),
-        )
-    });
-    h.poll_until_idle(100);
-    out.lock().unwrap().take().expect("the RPC was answered")
+    common::call(h, method, params)
 }
 
 fn module_config(module: &str) -> Vec<Value> {

@@ -8,9 +8,10 @@
 
 pub mod rpc;
 
+use crate::vbdev::{self, VbdevBase, VbdevConfig, VbdevConfigs};
 use crate::{
-    Bdev, BdevChannel, BdevChannelOps, BdevDesc, BdevError, BdevEvent, BdevIo, BdevModule, BdevOps,
-    BdevProps, IoCtx, IoStatus, IoType,
+    Bdev, BdevChannel, BdevChannelOps, BdevError, BdevIo, BdevModule, BdevOps, IoCtx, IoStatus,
+    IoType,
 };
 use poller::{IoChannel, IoDevice, PollStatus, Poller, Thread};
 use rpc::{DelayCreateParams, LatencyType};
@@ -19,7 +20,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak as RcWeak};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 
 pub const MODULE: &str = "delay";
 
@@ -42,16 +43,7 @@ impl BdevModule for DelayModule {
     }
 
     fn examine(&self, bdev: &Bdev) {
-        let waiting: Vec<_> = config()
-            .iter()
-            .filter(|e| e.params.base_bdev_name == bdev.name())
-            .map(|e| e.params.clone())
-            .collect();
-        for p in waiting {
-            if let Err(e) = attach(&p) {
-                tracing::error!(delay = p.name, base = bdev.name(), "cannot attach: {e}");
-            }
-        }
+        CONFIGS.examine(bdev, attach);
     }
 
     fn config_json(&self) -> Vec<Value> {
@@ -59,7 +51,7 @@ impl BdevModule for DelayModule {
     }
 
     fn fini(&self) {
-        config().clear();
+        CONFIGS.clear();
     }
 }
 
@@ -69,24 +61,24 @@ pub fn register_module() {
 
 // --- Configured delay bdevs, with their node once attached. ---
 
-struct Entry {
-    params: DelayCreateParams,
-    node: Weak<DelayNode>,
+impl VbdevConfig for DelayCreateParams {
+    fn vbdev_name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn base_name(&self) -> &str {
+        &self.base_bdev_name
+    }
 }
 
-static CONFIG: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
-
-fn config() -> MutexGuard<'static, Vec<Entry>> {
-    CONFIG.lock().unwrap_or_else(|p| p.into_inner())
-}
+static CONFIGS: VbdevConfigs<DelayCreateParams, DelayNode> = VbdevConfigs::new(MODULE);
 
 // --- Per-vbdev node. ---
 
 struct DelayNode {
     name: String,
     uuid: ::uuid::Uuid,
-    base: Bdev,
-    base_desc: Mutex<Option<BdevDesc>>,
+    base: VbdevBase,
     /// Per class (`LatencyType` order): as configured (reported back as given), and in ticks.
     latency_us: [AtomicU64; 4],
     latency_ticks: [AtomicU64; 4],
@@ -104,7 +96,7 @@ impl DelayNode {
         let us = |i: usize| self.latency_us[i].load(Ordering::Relaxed);
         DelayCreateParams {
             name: self.name.clone(),
-            base_bdev_name: self.base.name().to_string(),
+            base_bdev_name: self.base.bdev().name().to_string(),
             uuid: Some(self.uuid),
             avg_read_latency: us(0),
             p99_read_latency: us(1),
@@ -144,11 +136,7 @@ fn now() -> u64 {
 impl DelayChannel {
     fn new(node: &Weak<DelayNode>) -> Result<DelayChannel, i32> {
         let node = node.upgrade().ok_or(libc::ENODEV)?;
-        let base = {
-            let desc = node.base_desc.lock().unwrap_or_else(|p| p.into_inner());
-            let desc = desc.as_ref().ok_or(libc::ENODEV)?;
-            desc.get_io_channel().map_err(|e| e.errno())?
-        };
+        let base = node.base.channel().map_err(|e| e.errno())?;
         // Sized for every I/O this thread can have, so holding one never allocates.
         let cap = crate::options().bdev_io_cache_size as usize;
         let held = Rc::new(HoldQueues(std::array::from_fn(|_| {
@@ -241,8 +229,14 @@ impl BdevChannelOps for DelayChannel {
         if io.io_type() == IoType::Reset {
             self.reset(io);
         } else {
-            self.base.forward(io, complete, resubmit);
+            self.base
+                .forward(io, complete, vbdev::resubmit::<DelayChannel>);
         }
+    }
+
+    fn stall_report(&self) -> Option<String> {
+        let held: usize = self.held.0.iter().map(|q| q.borrow().len()).sum();
+        Some(format!("{held} I/Os held for their latency"))
     }
 }
 
@@ -261,18 +255,11 @@ impl DelayChannel {
                 let Some(ch) = ch else { return };
                 let io = ch.resets.borrow_mut().pop_front();
                 if let Some(io) = io {
-                    ch.base.forward(io, complete, resubmit);
+                    ch.base
+                        .forward(io, complete, vbdev::resubmit::<DelayChannel>);
                 }
             },
         );
-    }
-}
-
-fn resubmit(ctx: IoCtx) {
-    let IoCtx::Io(io) = ctx else { return };
-    match io.module_channel::<DelayChannel>() {
-        Some(ch) => ch.submit_request(io),
-        None => io.fail(libc::EIO),
     }
 }
 
@@ -292,7 +279,7 @@ fn complete(child: BdevIo, _ok: bool, ctx: IoCtx) {
 
 impl BdevOps for DelayNode {
     fn io_type_supported(&self, t: IoType) -> bool {
-        self.base.io_type_supported(t)
+        self.base.bdev().io_type_supported(t)
     }
 
     fn create_channel(&self) -> Result<Rc<dyn BdevChannelOps>, BdevError> {
@@ -308,54 +295,25 @@ impl BdevOps for DelayNode {
     }
 
     fn destruct(&self) {
-        let desc = self
-            .base_desc
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        drop(desc);
-    }
-}
-
-// --- Hot-remove. ---
-
-fn base_event(name: String) -> impl Fn(BdevEvent) + Send + Sync + 'static {
-    move |event| match event {
-        BdevEvent::Remove => {
-            if let Some(b) = Bdev::lookup(&name).filter(|b| b.module() == MODULE) {
-                b.unregister(|_| {});
-            }
-        }
+        self.base.close();
     }
 }
 
 // --- Create / delete / update_latency. ---
 
 fn attach(p: &DelayCreateParams) -> Result<Bdev, BdevError> {
-    let desc = BdevDesc::open(&p.base_bdev_name, true, base_event(p.name.clone()))?;
-    desc.claim(MODULE)?;
-    let base = desc.bdev().clone();
+    let base = VbdevBase::open(MODULE, &p.name, &p.base_bdev_name)?;
     let uuid = p
         .uuid
-        .unwrap_or_else(|| ::uuid::Uuid::new_v5(&UUID_NAMESPACE, base.uuid().as_bytes()));
-    let mut props = BdevProps::new(
-        &p.name,
-        MODULE,
-        "delay",
-        base.block_size(),
-        base.num_blocks(),
-    );
+        .unwrap_or_else(|| vbdev::derived_uuid(&UUID_NAMESPACE, base.bdev()));
+    let mut props = base.props(&p.name, MODULE, "delay");
     props.uuid = Some(uuid);
-    props.write_cache = base.props().write_cache;
-    props.optimal_io_boundary = base.props().optimal_io_boundary;
-    props.numa_id = base.props().numa_id;
     let node = Arc::new_cyclic(|weak: &Weak<DelayNode>| {
         let weak = weak.clone();
         DelayNode {
             name: p.name.clone(),
             uuid,
             base,
-            base_desc: Mutex::new(Some(desc)),
             latency_us: Default::default(),
             latency_ticks: Default::default(),
             channels: IoDevice::new(&p.name, move || DelayChannel::new(&weak)),
@@ -371,9 +329,7 @@ fn attach(p: &DelayCreateParams) -> Result<Bdev, BdevError> {
         node.set_latency(class, us);
     }
     let bdev = Bdev::register(props, node.clone())?;
-    if let Some(e) = config().iter_mut().find(|e| e.params.name == p.name) {
-        e.node = Arc::downgrade(&node);
-    }
+    CONFIGS.set_node(&p.name, &node);
     Ok(bdev)
 }
 
@@ -390,55 +346,17 @@ pub fn create(params: DelayCreateParams) -> Result<Option<Bdev>, BdevError> {
             "p99 latency must not be less than the average latency",
         ));
     }
-    let taken = Bdev::lookup(&params.name).is_some();
-    {
-        let mut cfg = config();
-        if taken || cfg.iter().any(|e| e.params.name == params.name) {
-            return Err(BdevError::Exists(params.name));
-        }
-        cfg.push(Entry {
-            params: params.clone(),
-            node: Weak::new(),
-        });
-    }
-    match attach(&params) {
-        Ok(b) => Ok(Some(b)),
-        Err(BdevError::NoSuchDevice(_) | BdevError::Removing(_)) => Ok(None),
-        Err(e) => {
-            config().retain(|e| e.params.name != params.name);
-            Err(e)
-        }
-    }
+    CONFIGS.create(params, attach)
 }
 
 /// Deletes a delay bdev (or a configuration still waiting for its base).
 pub fn delete(name: &str, done: impl FnOnce(Result<(), BdevError>) + Send + 'static) {
-    let bdev = Bdev::lookup(name).filter(|b| b.module() == MODULE);
-    let key = bdev.as_ref().map_or(name, |b| b.name()).to_string();
-    let configured = {
-        let mut cfg = config();
-        let before = cfg.len();
-        cfg.retain(|e| e.params.name != key);
-        cfg.len() != before
-    };
-    match bdev {
-        Some(b) => b.unregister(done),
-        None if configured => done(Ok(())),
-        None => done(Err(BdevError::NoSuchDevice(name.to_string()))),
-    }
+    CONFIGS.delete(name, done)
 }
 
 /// Changes one latency of a registered delay bdev; I/Os already held keep their deadline.
 pub fn update_latency(name: &str, which: LatencyType, us: u64) -> Result<(), BdevError> {
-    let missing = || BdevError::NoSuchDevice(name.to_string());
-    let bdev = Bdev::lookup(name)
-        .filter(|b| b.module() == MODULE)
-        .ok_or_else(missing)?;
-    let node = config()
-        .iter()
-        .find(|e| e.params.name == bdev.name())
-        .and_then(|e| e.node.upgrade())
-        .ok_or_else(missing)?;
+    let node = CONFIGS.node(name)?;
     node.set_latency(which as usize, us);
     Ok(())
 }
@@ -446,12 +364,8 @@ pub fn update_latency(name: &str, which: LatencyType, us: u64) -> Result<(), Bde
 // --- write_config_json: one bdev_delay_create per configuration, with the latencies in force. ---
 
 fn write_config_json() -> Vec<Value> {
-    // Nodes are upgraded under the lock but used (and released) after it.
-    let entries: Vec<_> = config()
-        .iter()
-        .map(|e| (e.params.clone(), e.node.upgrade()))
-        .collect();
-    entries
+    CONFIGS
+        .entries()
         .into_iter()
         .map(|(params, node)| {
             let params = node.map_or(params, |n| n.params());

@@ -35,12 +35,6 @@ impl DelayCreateParams {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DelayDeleteParams {
-    pub name: String,
-}
-
 /// The latency classes, in SPDK's `latency_type` spelling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -69,13 +63,7 @@ pub fn register_rpcs() {
             crate::rpc::answer(r, super::create(p).map(|_| name))
         },
     );
-    rpc::register(
-        "bdev_delay_delete",
-        StateMask::RUNTIME,
-        |p: DelayDeleteParams, r: Responder| {
-            super::delete(&p.name, move |res| crate::rpc::answer(r, res.map(|_| true)))
-        },
-    );
+    crate::rpc::register_delete("bdev_delay_delete", |name, done| super::delete(name, done));
     rpc::register(
         "bdev_delay_update_latency",
         StateMask::RUNTIME,

@@ -9,9 +9,10 @@
 pub mod rpc;
 
 use crate::iov;
+use crate::vbdev::{VbdevBase, VbdevConfig, VbdevConfigs};
 use crate::{
-    Bdev, BdevChannel, BdevChannelOps, BdevDesc, BdevError, BdevEvent, BdevIo, BdevModule, BdevOps,
-    BdevProps, IoCtx, IoStatus, IoType, IoVec, SubmitError, SubmitResult,
+    Bdev, BdevChannel, BdevChannelOps, BdevError, BdevIo, BdevModule, BdevOps, IoCtx, IoStatus,
+    IoType, IoVec, SubmitError, SubmitResult,
 };
 use poller::{IoChannel, IoDevice, Thread};
 use rpc::{ErrorCreateParams, ErrorInjectParams, ErrorType, InjectIoType};
@@ -20,7 +21,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 
 pub const MODULE: &str = "error";
 
@@ -57,27 +58,19 @@ impl BdevModule for ErrorModule {
     }
 
     fn examine(&self, bdev: &Bdev) {
-        let waiting: Vec<_> = config()
-            .iter()
-            .filter(|e| e.params.base_name == bdev.name())
-            .map(|e| e.params.clone())
-            .collect();
-        for p in waiting {
-            if let Err(e) = attach(&p) {
-                tracing::error!(base = bdev.name(), "cannot attach error bdev: {e}");
-            }
-        }
+        CONFIGS.examine(bdev, attach);
     }
 
     fn config_json(&self) -> Vec<Value> {
-        config()
-            .iter()
-            .map(|e| json!({"method": "bdev_error_create", "params": e.params}))
+        CONFIGS
+            .entries()
+            .into_iter()
+            .map(|(params, _)| json!({"method": "bdev_error_create", "params": params}))
             .collect()
     }
 
     fn fini(&self) {
-        config().clear();
+        CONFIGS.clear();
     }
 }
 
@@ -85,18 +78,19 @@ pub fn register_module() {
     crate::register_module(Arc::new(ErrorModule));
 }
 
-// --- Configured error bdevs (keyed by base), with their node once attached. ---
+// --- Configured error bdevs (named after their base), with their node once attached. ---
 
-struct Entry {
-    params: ErrorCreateParams,
-    node: Weak<ErrorNode>,
+impl VbdevConfig for ErrorCreateParams {
+    fn vbdev_name(&self) -> String {
+        error_bdev_name(&self.base_name)
+    }
+
+    fn base_name(&self) -> &str {
+        &self.base_name
+    }
 }
 
-static CONFIG: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
-
-fn config() -> MutexGuard<'static, Vec<Entry>> {
-    CONFIG.lock().unwrap_or_else(|p| p.into_inner())
-}
+static CONFIGS: VbdevConfigs<ErrorCreateParams, ErrorNode> = VbdevConfigs::new(MODULE);
 
 // --- Injection state of one I/O type. The countdown is the only thing channels race on. ---
 
@@ -141,8 +135,7 @@ impl Injection {
 
 struct ErrorNode {
     name: String,
-    base: Bdev,
-    base_desc: Mutex<Option<BdevDesc>>,
+    base: VbdevBase,
     inject: [Injection; 4],
     /// Our own device over the module channels, to reach every thread's pending I/Os.
     channels: IoDevice<ErrorChannel>,
@@ -172,11 +165,7 @@ struct ErrorChannel {
 impl ErrorChannel {
     fn new(node: &Weak<ErrorNode>) -> Result<ErrorChannel, i32> {
         let node = node.upgrade().ok_or(libc::ENODEV)?;
-        let base = {
-            let desc = node.base_desc.lock().unwrap_or_else(|p| p.into_inner());
-            let desc = desc.as_ref().ok_or(libc::ENODEV)?;
-            desc.get_io_channel().map_err(|e| e.errno())?
-        };
+        let base = node.base.channel().map_err(|e| e.errno())?;
         Ok(ErrorChannel {
             node,
             base,
@@ -367,7 +356,7 @@ fn complete(child: BdevIo, _ok: bool, ctx: IoCtx) {
 
 impl BdevOps for ErrorNode {
     fn io_type_supported(&self, t: IoType) -> bool {
-        self.base.io_type_supported(t)
+        self.base.bdev().io_type_supported(t)
     }
 
     fn create_channel(&self) -> Result<Rc<dyn BdevChannelOps>, BdevError> {
@@ -379,31 +368,13 @@ impl BdevOps for ErrorNode {
     }
 
     fn dump_info_json(&self) -> Value {
-        json!({"error_disk": {"base_bdev": self.base.name()}})
+        json!({"error_disk": {"base_bdev": self.base.bdev().name()}})
     }
 
     /// Closes the base and, as SPDK, forgets the configuration (also after a hot-remove).
     fn destruct(&self) {
-        let desc = self
-            .base_desc
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        drop(desc);
-        let base = self.base.name();
-        config().retain(|e| e.params.base_name != base);
-    }
-}
-
-// --- Hot-remove. ---
-
-fn base_event(name: String) -> impl Fn(BdevEvent) + Send + Sync + 'static {
-    move |event| match event {
-        BdevEvent::Remove => {
-            if let Some(b) = Bdev::lookup(&name).filter(|b| b.module() == MODULE) {
-                b.unregister(|_| {});
-            }
-        }
+        self.base.close();
+        CONFIGS.forget(&self.name);
     }
 }
 
@@ -411,43 +382,27 @@ fn base_event(name: String) -> impl Fn(BdevEvent) + Send + Sync + 'static {
 
 fn attach(p: &ErrorCreateParams) -> Result<Bdev, BdevError> {
     let name = error_bdev_name(&p.base_name);
-    let desc = BdevDesc::open(&p.base_name, true, base_event(name.clone()))?;
-    desc.claim(MODULE)?;
-    let base = desc.bdev().clone();
-    let mut props = BdevProps::new(
-        &name,
-        MODULE,
-        "Error Injection Disk",
-        base.block_size(),
-        base.num_blocks(),
-    );
+    let base = VbdevBase::open(MODULE, &name, &p.base_name)?;
+    let mut props = base.props(&name, MODULE, "Error Injection Disk");
     // SPDK's partition UUID: base UUID, then the block range (offset 0, every block), little-endian.
     let mut seed = [0u8; 32];
-    seed[..16].copy_from_slice(base.uuid().as_bytes());
-    seed[24..].copy_from_slice(&base.num_blocks().to_le_bytes());
+    seed[..16].copy_from_slice(base.bdev().uuid().as_bytes());
+    seed[24..].copy_from_slice(&base.bdev().num_blocks().to_le_bytes());
     props.uuid = Some(
         p.uuid
             .unwrap_or_else(|| ::uuid::Uuid::new_v5(&UUID_NAMESPACE, &seed)),
     );
-    props.write_cache = base.props().write_cache;
-    props.numa_id = base.props().numa_id;
     let node = Arc::new_cyclic(|weak: &Weak<ErrorNode>| {
         let weak = weak.clone();
         ErrorNode {
             name: name.clone(),
             base,
-            base_desc: Mutex::new(Some(desc)),
             inject: Default::default(),
             channels: IoDevice::new(&name, move || ErrorChannel::new(&weak)),
         }
     });
     let bdev = Bdev::register(props, node.clone())?;
-    if let Some(e) = config()
-        .iter_mut()
-        .find(|e| e.params.base_name == p.base_name)
-    {
-        e.node = Arc::downgrade(&node);
-    }
+    CONFIGS.set_node(&name, &node);
     Ok(bdev)
 }
 
@@ -457,57 +412,12 @@ pub fn create(params: ErrorCreateParams) -> Result<Option<Bdev>, BdevError> {
     if params.base_name.is_empty() {
         return Err(BdevError::invalid("base_name must not be empty"));
     }
-    let name = error_bdev_name(&params.base_name);
-    let taken = Bdev::lookup(&name).is_some();
-    {
-        let mut cfg = config();
-        if taken || cfg.iter().any(|e| e.params.base_name == params.base_name) {
-            return Err(BdevError::Exists(name));
-        }
-        cfg.push(Entry {
-            params: params.clone(),
-            node: Weak::new(),
-        });
-    }
-    match attach(&params) {
-        Ok(b) => Ok(Some(b)),
-        Err(BdevError::NoSuchDevice(_) | BdevError::Removing(_)) => Ok(None),
-        Err(e) => {
-            config().retain(|e| e.params.base_name != params.base_name);
-            Err(e)
-        }
-    }
+    CONFIGS.create(params, attach)
 }
 
 /// Deletes an error bdev by its name (or a configuration still waiting for its base).
 pub fn delete(name: &str, done: impl FnOnce(Result<(), BdevError>) + Send + 'static) {
-    let bdev = Bdev::lookup(name).filter(|b| b.module() == MODULE);
-    let key = bdev.as_ref().map_or(name, |b| b.name()).to_string();
-    let configured = {
-        let mut cfg = config();
-        let before = cfg.len();
-        cfg.retain(|e| error_bdev_name(&e.params.base_name) != key);
-        cfg.len() != before
-    };
-    match bdev {
-        Some(b) => b.unregister(done),
-        None if configured => done(Ok(())),
-        None => done(Err(BdevError::NoSuchDevice(name.to_string()))),
-    }
-}
-
-/// The node of a registered error bdev.
-fn node(name: &str) -> Result<Arc<ErrorNode>, BdevError> {
-    let missing = || BdevError::NoSuchDevice(name.to_string());
-    let bdev = Bdev::lookup(name)
-        .filter(|b| b.module() == MODULE)
-        .ok_or_else(missing)?;
-    let key = bdev.name();
-    let node = config()
-        .iter()
-        .find(|e| error_bdev_name(&e.params.base_name) == key)
-        .and_then(|e| e.node.upgrade());
-    node.ok_or_else(missing)
+    CONFIGS.delete(name, done)
 }
 
 /// Arms (or, with `clear` or `num` 0, disarms) an injection.
@@ -524,7 +434,7 @@ pub fn inject_error(p: &ErrorInjectParams) -> Result<(), BdevError> {
             "corrupt_value should be non-zero",
         ));
     }
-    let node = node(&p.name)?;
+    let node = CONFIGS.node(&p.name)?;
     let armed: &[IoType] = match p.io_type {
         InjectIoType::Clear => {
             node.inject
@@ -548,13 +458,13 @@ pub fn inject_error(p: &ErrorInjectParams) -> Result<(), BdevError> {
 
 /// How many more I/Os of type `t` the armed injection will affect.
 pub fn injections_left(name: &str, t: IoType) -> Option<u32> {
-    let node = node(name).ok()?;
+    let node = CONFIGS.node(name).ok()?;
     Some(node.injection(t)?.num.load(Ordering::Acquire))
 }
 
 /// Disarms `pending` injections and sends every held I/O through again, on every channel.
 pub fn resume_pending(name: &str) -> Result<(), BdevError> {
-    let node = node(name)?;
+    let node = CONFIGS.node(name)?;
     for inj in &node.inject {
         if inj.error_type.load(Ordering::Relaxed) == ErrorType::Pending as u8 {
             inj.num.store(0, Ordering::Release);

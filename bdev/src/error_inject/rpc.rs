@@ -24,12 +24,6 @@ impl ErrorCreateParams {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ErrorDeleteParams {
-    pub name: String,
-}
-
 /// Which I/O type an injection targets; `clear` disarms every type, `all` arms every type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -116,13 +110,7 @@ pub fn register_rpcs() {
         StateMask::RUNTIME,
         |p: ErrorCreateParams, r: Responder| crate::rpc::answer(r, super::create(p).map(|_| true)),
     );
-    rpc::register(
-        "bdev_error_delete",
-        StateMask::RUNTIME,
-        |p: ErrorDeleteParams, r: Responder| {
-            super::delete(&p.name, move |res| crate::rpc::answer(r, res.map(|_| true)))
-        },
-    );
+    crate::rpc::register_delete("bdev_error_delete", |name, done| super::delete(name, done));
     rpc::register(
         "bdev_error_inject_error",
         StateMask::RUNTIME,

@@ -118,8 +118,5 @@ fn next_name() -> String {
 }
 
 pub fn delete(name: &str, done: impl FnOnce(Result<(), BdevError>) + Send + 'static) {
-    match Bdev::lookup(name) {
-        Some(b) if b.module() == MODULE => b.unregister(done),
-        _ => done(Err(BdevError::NoSuchDevice(name.to_string()))),
-    }
+    Bdev::unregister_module_bdev(MODULE, name, done)
 }

@@ -80,26 +80,11 @@ impl MallocCreateParams {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MallocDeleteParams {
-    pub name: String,
-}
-
 pub fn register_rpcs() {
-    use rpc::{Responder, StateMask};
-    rpc::register(
+    crate::rpc::register_create(
         "bdev_malloc_create",
-        StateMask::RUNTIME,
-        |p: MallocCreateParams, r: Responder| {
-            crate::rpc::answer(r, super::create(p).map(|b| b.name().to_string()))
-        },
+        super::create,
+        crate::rpc::CreateErrors::Strerror,
     );
-    rpc::register(
-        "bdev_malloc_delete",
-        StateMask::RUNTIME,
-        |p: MallocDeleteParams, r: Responder| {
-            super::delete(&p.name, move |res| crate::rpc::answer(r, res.map(|_| true)))
-        },
-    );
+    crate::rpc::register_delete("bdev_malloc_delete", |name, done| super::delete(name, done));
 }

@@ -55,8 +55,5 @@ pub fn create(mut params: rpc::NullCreateParams) -> Result<Bdev, BdevError> {
 }
 
 pub fn delete(name: &str, done: impl FnOnce(Result<(), BdevError>) + Send + 'static) {
-    match Bdev::lookup(name) {
-        Some(b) if b.module() == MODULE => b.unregister(done),
-        _ => done(Err(BdevError::NoSuchDevice(name.to_string()))),
-    }
+    Bdev::unregister_module_bdev(MODULE, name, done)
 }

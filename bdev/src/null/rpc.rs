@@ -53,26 +53,11 @@ impl NullCreateParams {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NullDeleteParams {
-    pub name: String,
-}
-
 pub fn register_rpcs() {
-    use rpc::{Responder, StateMask};
-    rpc::register(
+    crate::rpc::register_create(
         "bdev_null_create",
-        StateMask::RUNTIME,
-        |p: NullCreateParams, r: Responder| {
-            crate::rpc::answer(r, super::create(p).map(|b| b.name().to_string()))
-        },
+        super::create,
+        crate::rpc::CreateErrors::Strerror,
     );
-    rpc::register(
-        "bdev_null_delete",
-        StateMask::RUNTIME,
-        |p: NullDeleteParams, r: Responder| {
-            super::delete(&p.name, move |res| crate::rpc::answer(r, res.map(|_| true)))
-        },
-    );
+    crate::rpc::register_delete("bdev_null_delete", |name, done| super::delete(name, done));
 }

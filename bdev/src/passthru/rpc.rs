@@ -23,12 +23,6 @@ impl PassthruCreateParams {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PassthruDeleteParams {
-    pub name: String,
-}
-
 pub fn register_rpcs() {
     use rpc::{Responder, StateMask};
     super::register_module();
@@ -41,11 +35,7 @@ pub fn register_rpcs() {
             crate::rpc::answer(r, super::create(p).map(|_| name))
         },
     );
-    rpc::register(
-        "bdev_passthru_delete",
-        StateMask::RUNTIME,
-        |p: PassthruDeleteParams, r: Responder| {
-            super::delete(&p.name, move |res| crate::rpc::answer(r, res.map(|_| true)))
-        },
-    );
+    crate::rpc::register_delete("bdev_passthru_delete", |name, done| {
+        super::delete(name, done)
+    });
 }

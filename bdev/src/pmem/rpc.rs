@@ -7,9 +7,7 @@
 //! emulates otherwise, "emulated" never uses MAP_SYNC, "msync" makes a file on an ordinary disk
 //! durable with msync at FLUSH.
 
-use ::rpc::{Responder, StateMask};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use uuid::Uuid;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,28 +57,11 @@ impl PmemCreateParams {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PmemDeleteParams {
-    pub name: String,
-}
-
 pub fn register_rpcs() {
-    ::rpc::register(
+    crate::rpc::register_create(
         "bdev_pmem_create",
-        StateMask::RUNTIME,
-        |p: PmemCreateParams, r: Responder| match super::create(p) {
-            Ok(b) => r.ok(json!(b.name())),
-            Err(e) => r.err(crate::rpc::detailed_error(&e)),
-        },
+        super::create,
+        crate::rpc::CreateErrors::Detailed,
     );
-    ::rpc::register(
-        "bdev_pmem_delete",
-        StateMask::RUNTIME,
-        |p: PmemDeleteParams, r: Responder| {
-            super::delete(&p.name, move |res| {
-                crate::rpc::answer(r, res.map(|()| true))
-            })
-        },
-    );
+    crate::rpc::register_delete("bdev_pmem_delete", |name, done| super::delete(name, done));
 }

@@ -1,8 +1,6 @@
 //! `bdev_uring_create` / `bdev_uring_delete` with SPDK's parameters.
 
-use ::rpc::{Responder, StateMask};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use uuid::Uuid;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -29,28 +27,11 @@ impl UringCreateParams {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UringDeleteParams {
-    pub name: String,
-}
-
 pub fn register_rpcs() {
-    ::rpc::register(
+    crate::rpc::register_create(
         "bdev_uring_create",
-        StateMask::RUNTIME,
-        |p: UringCreateParams, r: Responder| match super::create(p) {
-            Ok(b) => r.ok(json!(b.name())),
-            Err(e) => r.err(crate::rpc::detailed_error(&e)),
-        },
+        super::create,
+        crate::rpc::CreateErrors::Detailed,
     );
-    ::rpc::register(
-        "bdev_uring_delete",
-        StateMask::RUNTIME,
-        |p: UringDeleteParams, r: Responder| {
-            super::delete(&p.name, move |res| {
-                crate::rpc::answer(r, res.map(|()| true))
-            })
-        },
-    );
+    crate::rpc::register_delete("bdev_uring_delete", |name, done| super::delete(name, done));
 }
