@@ -19,11 +19,14 @@ const MIN_POOL: usize = 16;
 /// I/Os held by every pool of the process, against `bdev_io_pool_size`.
 static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
 
+/// A submitter to call back once an I/O is free (SPDK's spdk_bdev_io_wait_entry).
+type Waiter = (fn(IoCtx), IoCtx);
+
 pub(crate) struct IoPool {
     // Boxed so handing an I/O around moves one pointer, not the whole record.
     #[allow(clippy::vec_box)]
     free: RefCell<Vec<Box<IoData>>>,
-    waiters: RefCell<VecDeque<(fn(IoCtx), IoCtx)>>,
+    waiters: RefCell<VecDeque<Waiter>>,
     capacity: usize,
     /// Set while a waiter is being resumed: it may take I/Os although others still queue behind.
     serving: Cell<bool>,

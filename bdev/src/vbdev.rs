@@ -4,8 +4,11 @@
 //! with it, and the resubmit and completion steps of a plain forward. passthru shows how the
 //! pieces are used; delay, error and the pcache bdev use the same ones.
 
-use crate::module::BdevChannelOps;
+use crate::module::{BdevChannelOps, BdevModule};
 use crate::{Bdev, BdevChannel, BdevDesc, BdevError, BdevEvent, BdevIo, BdevProps, IoCtx};
+use poller::IoDevice;
+use serde_json::Value;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// A vbdev module's create parameters, as the configuration list needs them.
@@ -157,6 +160,32 @@ impl<C: VbdevConfig, N> VbdevConfigs<C, N> {
     }
 }
 
+/// The `BdevModule` of a vbdev module: examine attaches the configurations waiting for a new
+/// bdev, fini forgets them, save_config takes the module's entries.
+pub struct VbdevModule<C: 'static, N: 'static> {
+    pub configs: &'static VbdevConfigs<C, N>,
+    pub attach: fn(&C) -> Result<Bdev, BdevError>,
+    pub config_json: fn() -> Vec<Value>,
+}
+
+impl<C: VbdevConfig, N: Send + Sync + 'static> BdevModule for VbdevModule<C, N> {
+    fn name(&self) -> &'static str {
+        self.configs.module
+    }
+
+    fn examine(&self, bdev: &Bdev) {
+        self.configs.examine(bdev, self.attach);
+    }
+
+    fn config_json(&self) -> Vec<Value> {
+        (self.config_json)()
+    }
+
+    fn fini(&self) {
+        self.configs.clear();
+    }
+}
+
 /// A vbdev's base: open for writing and claimed by the module. Removing the base removes the
 /// vbdev; `close` (from the vbdev's `destruct`) releases it.
 pub struct VbdevBase {
@@ -216,6 +245,17 @@ impl VbdevBase {
         let desc = self.desc.lock().unwrap_or_else(|p| p.into_inner()).take();
         drop(desc);
     }
+}
+
+/// The calling thread's channel of a vbdev that keeps its channels in an `IoDevice` of its own
+/// (to reach every thread's channel from one, as a reset does).
+pub fn own_channel<T: BdevChannelOps + 'static>(
+    device: &IoDevice<T>,
+) -> Result<Rc<dyn BdevChannelOps>, BdevError> {
+    let ch = device
+        .get_channel()
+        .map_err(|e| BdevError::io(e, format!("cannot create a channel for {}", device.name())))?;
+    Ok(ch.rc().clone())
 }
 
 /// SPDK's UUID for a vbdev derived from its base's: v5 of the base UUID in the module's namespace.

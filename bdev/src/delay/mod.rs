@@ -8,10 +8,9 @@
 
 pub mod rpc;
 
-use crate::vbdev::{self, VbdevBase, VbdevConfig, VbdevConfigs};
+use crate::vbdev::{self, VbdevBase, VbdevConfig, VbdevConfigs, VbdevModule};
 use crate::{
-    Bdev, BdevChannel, BdevChannelOps, BdevError, BdevIo, BdevModule, BdevOps, IoCtx, IoStatus,
-    IoType,
+    Bdev, BdevChannel, BdevChannelOps, BdevError, BdevIo, BdevOps, IoCtx, IoStatus, IoType,
 };
 use poller::{IoChannel, IoDevice, PollStatus, Poller, Thread};
 use rpc::{DelayCreateParams, LatencyType};
@@ -35,28 +34,12 @@ const NONE: u64 = 4;
 
 // --- Module registration. ---
 
-struct DelayModule;
-
-impl BdevModule for DelayModule {
-    fn name(&self) -> &'static str {
-        MODULE
-    }
-
-    fn examine(&self, bdev: &Bdev) {
-        CONFIGS.examine(bdev, attach);
-    }
-
-    fn config_json(&self) -> Vec<Value> {
-        write_config_json()
-    }
-
-    fn fini(&self) {
-        CONFIGS.clear();
-    }
-}
-
 pub fn register_module() {
-    crate::register_module(Arc::new(DelayModule));
+    crate::register_module(Arc::new(VbdevModule {
+        configs: &CONFIGS,
+        attach,
+        config_json: write_config_json,
+    }));
 }
 
 // --- Configured delay bdevs, with their node once attached. ---
@@ -283,11 +266,7 @@ impl BdevOps for DelayNode {
     }
 
     fn create_channel(&self) -> Result<Rc<dyn BdevChannelOps>, BdevError> {
-        let ch = self
-            .channels
-            .get_channel()
-            .map_err(|e| BdevError::io(e, format!("cannot create a channel for {}", self.name)))?;
-        Ok(ch.rc().clone())
+        vbdev::own_channel(&self.channels)
     }
 
     fn dump_info_json(&self) -> Value {

@@ -63,7 +63,7 @@ pub fn register_rpcs() {
             crate::rpc::answer(r, super::create(p).map(|_| name))
         },
     );
-    crate::rpc::register_delete("bdev_delay_delete", |name, done| super::delete(name, done));
+    crate::rpc::register_delete("bdev_delay_delete", super::delete);
     rpc::register(
         "bdev_delay_update_latency",
         StateMask::RUNTIME,

@@ -9,10 +9,10 @@
 pub mod rpc;
 
 use crate::iov;
-use crate::vbdev::{VbdevBase, VbdevConfig, VbdevConfigs};
+use crate::vbdev::{self, VbdevBase, VbdevConfig, VbdevConfigs, VbdevModule};
 use crate::{
-    Bdev, BdevChannel, BdevChannelOps, BdevError, BdevIo, BdevModule, BdevOps, IoCtx, IoStatus,
-    IoType, IoVec, SubmitError, SubmitResult,
+    Bdev, BdevChannel, BdevChannelOps, BdevError, BdevIo, BdevOps, IoCtx, IoStatus, IoType, IoVec,
+    SubmitError, SubmitResult,
 };
 use poller::{IoChannel, IoDevice, Thread};
 use rpc::{ErrorCreateParams, ErrorInjectParams, ErrorType, InjectIoType};
@@ -50,32 +50,20 @@ pub fn error_bdev_name(base_name: &str) -> String {
 
 // --- Module registration. ---
 
-struct ErrorModule;
-
-impl BdevModule for ErrorModule {
-    fn name(&self) -> &'static str {
-        MODULE
-    }
-
-    fn examine(&self, bdev: &Bdev) {
-        CONFIGS.examine(bdev, attach);
-    }
-
-    fn config_json(&self) -> Vec<Value> {
-        CONFIGS
-            .entries()
-            .into_iter()
-            .map(|(params, _)| json!({"method": "bdev_error_create", "params": params}))
-            .collect()
-    }
-
-    fn fini(&self) {
-        CONFIGS.clear();
-    }
+pub fn register_module() {
+    crate::register_module(Arc::new(VbdevModule {
+        configs: &CONFIGS,
+        attach,
+        config_json,
+    }));
 }
 
-pub fn register_module() {
-    crate::register_module(Arc::new(ErrorModule));
+fn config_json() -> Vec<Value> {
+    CONFIGS
+        .entries()
+        .into_iter()
+        .map(|(params, _)| json!({"method": "bdev_error_create", "params": params}))
+        .collect()
 }
 
 // --- Configured error bdevs (named after their base), with their node once attached. ---
@@ -360,11 +348,7 @@ impl BdevOps for ErrorNode {
     }
 
     fn create_channel(&self) -> Result<Rc<dyn BdevChannelOps>, BdevError> {
-        let ch = self
-            .channels
-            .get_channel()
-            .map_err(|e| BdevError::io(e, format!("cannot create a channel for {}", self.name)))?;
-        Ok(ch.rc().clone())
+        vbdev::own_channel(&self.channels)
     }
 
     fn dump_info_json(&self) -> Value {

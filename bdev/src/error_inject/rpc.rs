@@ -110,7 +110,7 @@ pub fn register_rpcs() {
         StateMask::RUNTIME,
         |p: ErrorCreateParams, r: Responder| crate::rpc::answer(r, super::create(p).map(|_| true)),
     );
-    crate::rpc::register_delete("bdev_error_delete", |name, done| super::delete(name, done));
+    crate::rpc::register_delete("bdev_error_delete", super::delete);
     rpc::register(
         "bdev_error_inject_error",
         StateMask::RUNTIME,

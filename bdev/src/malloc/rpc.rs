@@ -86,5 +86,5 @@ pub fn register_rpcs() {
         super::create,
         crate::rpc::CreateErrors::Strerror,
     );
-    crate::rpc::register_delete("bdev_malloc_delete", |name, done| super::delete(name, done));
+    crate::rpc::register_delete("bdev_malloc_delete", super::delete);
 }

@@ -59,5 +59,5 @@ pub fn register_rpcs() {
         super::create,
         crate::rpc::CreateErrors::Strerror,
     );
-    crate::rpc::register_delete("bdev_null_delete", |name, done| super::delete(name, done));
+    crate::rpc::register_delete("bdev_null_delete", super::delete);
 }

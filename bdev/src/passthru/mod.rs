@@ -7,8 +7,8 @@
 
 pub mod rpc;
 
-use crate::vbdev::{self, VbdevBase, VbdevConfig, VbdevConfigs};
-use crate::{Bdev, BdevChannel, BdevChannelOps, BdevError, BdevIo, BdevModule, BdevOps, IoType};
+use crate::vbdev::{self, VbdevBase, VbdevConfig, VbdevConfigs, VbdevModule};
+use crate::{Bdev, BdevChannel, BdevChannelOps, BdevError, BdevIo, BdevOps, IoType};
 use rpc::PassthruCreateParams;
 use serde_json::{Value, json};
 use std::rc::Rc;
@@ -20,32 +20,16 @@ pub const MODULE: &str = "passthru";
 const UUID_NAMESPACE: ::uuid::Uuid =
     ::uuid::Uuid::from_u128(0x7e25812e_c8c0_4d3f_8599_16d790555b85);
 
-// --- Module registration: the bdev layer calls examine for every new bdev, and config_json. ---
-
-struct PassthruModule;
-
-impl BdevModule for PassthruModule {
-    fn name(&self) -> &'static str {
-        MODULE
-    }
-
-    /// A new bdev may be the base a configured passthru was waiting for.
-    fn examine(&self, bdev: &Bdev) {
-        CONFIGS.examine(bdev, attach);
-    }
-
-    fn config_json(&self) -> Vec<Value> {
-        write_config_json()
-    }
-
-    fn fini(&self) {
-        CONFIGS.clear();
-    }
-}
+// --- Module registration: the bdev layer calls examine for every new bdev (attaching the
+// --- configurations waiting for it), config_json at save_config, fini at shutdown.
 
 /// Registers the module with the bdev layer (once; later calls do nothing).
 pub fn register_module() {
-    crate::register_module(Arc::new(PassthruModule));
+    crate::register_module(Arc::new(VbdevModule {
+        configs: &CONFIGS,
+        attach,
+        config_json: write_config_json,
+    }));
 }
 
 // --- Configured (name, base) pairs: kept even while the base is missing, for examine. ---

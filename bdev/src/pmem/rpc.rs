@@ -63,5 +63,5 @@ pub fn register_rpcs() {
         super::create,
         crate::rpc::CreateErrors::Detailed,
     );
-    crate::rpc::register_delete("bdev_pmem_delete", |name, done| super::delete(name, done));
+    crate::rpc::register_delete("bdev_pmem_delete", super::delete);
 }

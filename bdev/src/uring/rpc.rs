@@ -33,5 +33,5 @@ pub fn register_rpcs() {
         super::create,
         crate::rpc::CreateErrors::Detailed,
     );
-    crate::rpc::register_delete("bdev_uring_delete", |name, done| super::delete(name, done));
+    crate::rpc::register_delete("bdev_uring_delete", super::delete);
 }
