@@ -63,6 +63,8 @@ counters! {
     sequential_bypassed,
     /// Cached bytes dropped because a write or unmap went to the origin around the cache.
     bytes_invalidated,
+    /// Times an origin I/O (data path or writeback) waited for a free bdev_io and resumed.
+    origin_io_waits,
 }
 
 impl Stats {

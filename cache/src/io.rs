@@ -21,7 +21,9 @@
 //! - FLUSH seals every thread's open key-set (a walk over the lanes) before it completes.
 //!
 //! A parent I/O's progress (blocks done) lives in its `driver_ctx`; an origin read carries the
-//! parent in its context, so nothing is allocated per I/O.
+//! parent in its context, so nothing is allocated per I/O. An origin child refused for want of
+//! a bdev_io is not an error: the parent waits on the origin's channel (`queue_io_wait`) and
+//! resumes from the step that was refused.
 
 use crate::index::{Extent, Piece};
 use crate::instance::{Cache, CacheBdevChannel, LaneChannel, Stats};
@@ -157,15 +159,37 @@ fn around_flags(cache: &Cache, io: &BdevIo) -> bdev::IoFlags {
 }
 
 fn retry_origin_write(ctx: IoCtx) {
-    let IoCtx::Io(io) = ctx else { return };
-    match io.module_channel::<CacheBdevChannel>() {
-        Some(ch) => {
-            let flags = around_flags(&ch.cache, &io);
-            ch.origin
-                .forward_with(io, flags, origin_write_done, retry_origin_write)
-        }
-        None => io.fail(libc::ENODEV),
+    if let Some((io, ch)) = resumed(ctx) {
+        let flags = around_flags(&ch.cache, &io);
+        ch.origin
+            .forward_with(io, flags, origin_write_done, retry_origin_write);
     }
+}
+
+impl CacheBdevChannel {
+    /// An origin submit that did not happen: with no bdev_io free the parent waits on the
+    /// origin's channel (the one that refused it) and `retry` resumes it; any other refusal
+    /// fails it with its errno.
+    fn refused(&self, e: bdev::SubmitError, retry: fn(IoCtx)) {
+        let IoCtx::Io(io) = e.ctx else { return };
+        if e.error == bdev::BdevError::NoMemory {
+            self.origin.queue_io_wait(retry, IoCtx::Io(io));
+        } else {
+            Stats::add(&self.cache.stats.origin_errors, 1);
+            io.fail(e.error.errno());
+        }
+    }
+}
+
+/// A parent I/O back from waiting for a free origin bdev_io (counted), with its channel.
+fn resumed(ctx: IoCtx) -> Option<(BdevIo, Rc<CacheBdevChannel>)> {
+    let IoCtx::Io(io) = ctx else { return None };
+    let Some(ch) = io.module_channel::<CacheBdevChannel>() else {
+        io.fail(libc::ENODEV);
+        return None;
+    };
+    Stats::add(&ch.cache.stats.origin_io_waits, 1);
+    Some((io, ch))
 }
 
 /// An origin child's completion: the parent and its channel when the child succeeded; else the
@@ -459,26 +483,37 @@ fn read_continue(ch: &CacheBdevChannel, mut io: BdevIo) {
     ctx[MISS_LBA] = m;
     ctx[MISS_LEN] = u64::from(len);
     ctx[MISS_VERSION] = version;
-    // The origin reads straight into the caller's buffer; a scratch iovec list per miss.
+    read_miss(ch, io);
+}
+
+/// Reads the miss recorded in `io`'s driver_ctx from the origin, straight into the caller's
+/// buffer; with no bdev_io free on the origin it waits there and tries again.
+fn read_miss(ch: &CacheBdevChannel, io: BdevIo) {
+    let d = *io.driver_ctx_ref();
+    let (m, len) = (d[MISS_LBA], d[MISS_LEN]);
+    let bs = u64::from(ch.cache.block_size);
+    // A scratch iovec list per miss.
     let mut sub = [empty_iov(); 16];
     let Some(n) = iov::slice_to(
         io.iovs(),
-        ((m - lba) * bs) as usize,
-        (u64::from(len) * bs) as usize,
+        ((m - io.offset_blocks()) * bs) as usize,
+        (len * bs) as usize,
         &mut sub,
     ) else {
         io.fail(libc::EINVAL);
         return;
     };
-    if let Err(e) = ch.origin.read(
-        &sub[..n],
-        m,
-        u64::from(len),
-        origin_read_done,
-        IoCtx::Io(io),
-    ) && let IoCtx::Io(io) = e.ctx
+    if let Err(e) = ch
+        .origin
+        .read(&sub[..n], m, len, origin_read_done, IoCtx::Io(io))
     {
-        io.fail(e.error.errno());
+        ch.refused(e, retry_read_miss);
+    }
+}
+
+fn retry_read_miss(ctx: IoCtx) {
+    if let Some((io, ch)) = resumed(ctx) {
+        read_miss(&ch, io);
     }
 }
 
@@ -690,11 +725,14 @@ fn flush_origin(mut io: BdevIo) {
     }
     io.driver_ctx()[MISS_LBA] = at;
     let blocks = ch.origin.num_blocks();
-    if let Err(e) = ch.origin.flush(0, blocks, origin_flush_done, IoCtx::Io(io))
-        && let IoCtx::Io(io) = e.ctx
-    {
-        Stats::add(&ch.cache.stats.origin_errors, 1);
-        io.fail(e.error.errno());
+    if let Err(e) = ch.origin.flush(0, blocks, origin_flush_done, IoCtx::Io(io)) {
+        ch.refused(e, retry_flush_origin);
+    }
+}
+
+fn retry_flush_origin(ctx: IoCtx) {
+    if let Some((io, _)) = resumed(ctx) {
+        flush_origin(io);
     }
 }
 

@@ -83,6 +83,7 @@ pub fn stats_json(cache: &Cache) -> Value {
         "sequential_cutoff": cache.sequential_cutoff(),
         "crc_errors": g(&s.crc_errors),
         "origin_errors": g(&s.origin_errors),
+        "origin_io_waits": g(&s.origin_io_waits),
         "writeback_bytes": g(&s.writeback_bytes),
         "writeback_batches": g(&s.writeback_batches),
         "writeback_keys": g(&s.writeback_keys),

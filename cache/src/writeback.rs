@@ -25,7 +25,8 @@
 //!    `mark_clean` for each written data key (only entries still pointing at its data change).
 //! 5. Errors from the origin (a write, zeroing or flush failing) are counted in `origin_errors`
 //!    and the failed step is retried after a back-off doubling from 1 ms to 1 s; nothing is
-//!    dropped and the engine never gives up.
+//!    dropped and the engine never gives up. No free bdev_io is not an error: the engine waits
+//!    on the origin's channel (`queue_io_wait`) and resubmits from the waiter callback.
 //!
 //! **Tombstones in the index.** A dirty tombstone is a dirty ZERO extent; `zero_written_back` drops
 //! ZERO extents by range, without telling one tombstone from a newer one. Dropping a newer, still
@@ -49,7 +50,7 @@
 use crate::format::{self, Key, KsetError, KsetId, LogPos, MAX_KSET_SIZE};
 use crate::instance::{Cache, Stats};
 use crate::segments::cache_pos;
-use bdev::{BdevChannel, BdevIo, DmaBuf, IoCtx, IoFlags, IoType, IoVec};
+use bdev::{BdevChannel, BdevError, BdevIo, DmaBuf, IoCtx, IoFlags, IoType, IoVec};
 use poller::{PollStatus, Poller, Thread};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -221,6 +222,7 @@ pub fn start(cache: &Arc<Cache>) -> Result<(), String> {
         inflight: 0,
         around_flush: None,
         around_next: 0,
+        waiting: [false; WAITS.len()],
         failed: false,
         covered: 0,
         dirty_tails: vec![LogPos::default(); lanes],
@@ -373,6 +375,8 @@ struct Engine {
     /// `around` count was this.
     around_flush: Option<u64>,
     around_next: u64,
+    /// Submits waiting on the origin's channel for a free bdev_io (by [`Wait`]).
+    waiting: [bool; WAITS.len()],
 }
 
 /// How soon after a write around the cache its origin flush starts (so that promotions, which
@@ -716,6 +720,7 @@ impl Engine {
     /// (one at a time, at most every [`AROUND_FLUSH_US`]).
     fn flush_around(&mut self, now: u64) {
         if self.around_flush.is_some()
+            || self.waiting[Wait::Around as usize]
             || self.cache.origin_flushed()
             || now < self.around_next
             || !self.origin.io_type_supported(IoType::Flush)
@@ -723,6 +728,12 @@ impl Engine {
             return;
         }
         self.around_next = now + poller::time::us_to_ticks(AROUND_FLUSH_US);
+        self.submit_around();
+    }
+
+    /// Submits the origin flush for the writes around the cache completed so far; with no
+    /// bdev_io free it waits on the origin's channel and is resubmitted from there.
+    fn submit_around(&mut self) {
         let at = self.cache.around.load(Ordering::Acquire);
         let ctx = IoCtx::Word((self.id << 32) | AROUND_FLUSH_PIECE);
         match self
@@ -730,17 +741,33 @@ impl Engine {
             .flush(0, self.origin.num_blocks(), around_flush_done, ctx)
         {
             Ok(()) => self.around_flush = Some(at),
-            Err(e) if e.error.errno() != libc::ENOMEM => {
-                Stats::add(&self.cache.stats.origin_errors, 1);
-            }
-            Err(_) => {}
+            Err(e) if e.error == BdevError::NoMemory => self.wait_for_io(Wait::Around),
+            Err(_) => Stats::add(&self.cache.stats.origin_errors, 1),
         }
     }
 
-    /// Submits every piece not done yet.
+    /// Queues the engine on the origin's channel until a bdev_io is free; `what` resumes then.
+    fn wait_for_io(&mut self, what: Wait) {
+        self.waiting[what as usize] = true;
+        let ctx = IoCtx::Word((self.id << 32) | what as usize);
+        self.origin.queue_io_wait(resume, ctx);
+    }
+
+    /// Submits every piece not done yet (a new batch, or the retry of failed pieces).
     fn submit_pieces(&mut self) {
         self.phase = Phase::Writing;
         self.failed = false;
+        for p in &mut self.pieces {
+            if p.state == PieceState::Failed {
+                p.state = PieceState::Todo;
+            }
+        }
+        self.submit_todo();
+    }
+
+    /// Submits the pieces not submitted yet, until the origin has no bdev_io free (then the
+    /// rest waits for one, see [`resume`]).
+    fn submit_todo(&mut self) {
         let zero_type = if self.origin.io_type_supported(IoType::WriteZeroes) {
             IoType::WriteZeroes
         } else {
@@ -748,7 +775,7 @@ impl Engine {
         };
         for n in 0..self.pieces.len() {
             let p = self.pieces[n];
-            if matches!(p.state, PieceState::Done | PieceState::InFlight) {
+            if p.state != PieceState::Todo {
                 continue;
             }
             let ctx = IoCtx::Word((self.id << 32) | n);
@@ -785,11 +812,13 @@ impl Engine {
                     self.pieces[n].state = PieceState::InFlight;
                     self.inflight += 1;
                 }
+                Err(e) if e.error == BdevError::NoMemory => {
+                    self.wait_for_io(Wait::Pieces);
+                    break;
+                }
                 Err(e) => {
-                    if e.error.errno() != libc::ENOMEM {
-                        Stats::add(&self.cache.stats.origin_errors, 1);
-                        tracing::warn!(cache = %self.cache.name, lba = p.lba, blocks = p.len, "writeback could not submit to the origin: {}", e.error);
-                    }
+                    Stats::add(&self.cache.stats.origin_errors, 1);
+                    tracing::warn!(cache = %self.cache.name, lba = p.lba, blocks = p.len, "writeback could not submit to the origin: {}", e.error);
                     self.pieces[n].state = PieceState::Failed;
                     self.failed = true;
                 }
@@ -800,7 +829,7 @@ impl Engine {
 
     /// Called when an I/O of the current step completed (or none could be submitted).
     fn after_io(&mut self) {
-        if self.inflight > 0 {
+        if self.inflight > 0 || self.waiting[Wait::Pieces as usize] {
             return;
         }
         let now = Thread::current().map_or(0, |t| t.now());
@@ -844,10 +873,9 @@ impl Engine {
             .flush(0, self.origin.num_blocks(), piece_done, ctx)
         {
             Ok(()) => self.inflight += 1,
-            Err(e) => {
-                if e.error.errno() != libc::ENOMEM {
-                    Stats::add(&self.cache.stats.origin_errors, 1);
-                }
+            Err(e) if e.error == BdevError::NoMemory => self.wait_for_io(Wait::Flush),
+            Err(_) => {
+                Stats::add(&self.cache.stats.origin_errors, 1);
                 self.failed = true;
                 self.after_io();
             }
@@ -990,6 +1018,49 @@ fn piece(t: &Taken, a: u64, b: u64, bs: u64) -> Piece {
 
 /// The piece number of `flush_around`'s flush.
 const AROUND_FLUSH_PIECE: usize = 0xffff_fffe;
+
+/// What the engine waits on the origin's channel for a free bdev_io to submit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    /// The batch's pieces not submitted yet.
+    Pieces,
+    /// The batch's origin flush.
+    Flush,
+    /// The flush for writes around the cache.
+    Around,
+}
+
+const WAITS: [Wait; 3] = [Wait::Pieces, Wait::Flush, Wait::Around];
+
+/// A bdev_io is free on the origin's channel: the engine resubmits what waited for it, from
+/// the waiter callback itself (so it keeps its place ahead of later submitters). A wake-up the
+/// engine no longer waits for (stopped, or an engine reusing a stopped one's id) does nothing.
+fn resume(ctx: IoCtx) {
+    let Some((engine, n)) = engine_of(&ctx) else {
+        return;
+    };
+    let Ok(mut e) = engine.try_borrow_mut() else {
+        return;
+    };
+    let Some(&what) = WAITS.get(n) else { return };
+    if !std::mem::take(&mut e.waiting[what as usize]) {
+        return;
+    }
+    Stats::add(&e.cache.stats.origin_io_waits, 1);
+    if e.cache.wb.stopped() {
+        // Shutdown: nothing more is submitted; the poller lets go once nothing is in flight.
+        return;
+    }
+    match what {
+        Wait::Pieces => e.submit_todo(),
+        Wait::Flush => e.flush(),
+        Wait::Around => {
+            if !e.cache.origin_flushed() {
+                e.submit_around();
+            }
+        }
+    }
+}
 
 fn around_flush_done(io: BdevIo, ok: bool, ctx: IoCtx) {
     drop(io);
