@@ -2,7 +2,8 @@
 //! real `spdk-rpc` client (installed by scripts/setup-venv.sh), a raw JSON-RPC socket client, and
 //! result-shape comparison against SPDK's golden captures in golden/spdk/.
 //!
-//! The tests run the release binaries; scripts/test.sh builds them first. Nothing here builds.
+//! The tests run the release `pcache_tgt`, which [`pcache_tgt`] has cargo build when it is not
+//! current.
 
 use serde_json::Value;
 use std::fs::File;
@@ -10,6 +11,7 @@ use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
@@ -23,19 +25,38 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// A release binary of the workspace (`CARGO_TARGET_DIR` or `target/`).
-pub fn release_bin(name: &str) -> PathBuf {
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) => workspace_root().join(d),
-        None => workspace_root().join("target"),
-    };
-    let bin = target.join("release").join(name);
+/// The `pcache_tgt` the tests run, built first if it is not current.
+///
+/// Cargo hands a package's tests the paths of that package's own binaries only
+/// (`CARGO_BIN_EXE_<name>`), and a dependency on `app` would build its library, never its
+/// binary, so whatever sat in target/release was tested, however old. Instead the first call in
+/// each test process has cargo build the binary (a no-op when it is current) and takes the path
+/// from cargo's own report.
+pub fn pcache_tgt() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| cargo_build_bin("app", "pcache_tgt"))
+}
+
+/// `cargo build --release -p <package> --bin <bin>`; the executable cargo reports.
+fn cargo_build_bin(package: &str, bin: &str) -> PathBuf {
+    let out = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--message-format=json"])
+        .args(["-p", package, "--bin", bin])
+        .current_dir(workspace_root())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build {bin}: {e}"));
+    let log = String::from_utf8_lossy(&out.stderr);
     assert!(
-        bin.is_file(),
-        "{} is missing: build it first with `cargo build --release -p app` (scripts/test.sh does)",
-        bin.display()
+        out.status.success(),
+        "cargo build -p {package} --bin {bin} failed:\n{log}"
     );
-    bin
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == bin)
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| panic!("cargo reported no {bin} executable:\n{log}"))
 }
 
 /// SPDK's `spdk-rpc`: `PCACHE_SPDK_RPC`, else the project's venv. None (with a loud message) when
@@ -133,7 +154,7 @@ impl Target {
     pub fn spawn_at(sock: &Path, log: &Path, args: &[&str]) -> Target {
         let (sock, log) = (sock.to_path_buf(), log.to_path_buf());
         let err = File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
-        let mut cmd = Command::new(release_bin("pcache_tgt"));
+        let mut cmd = Command::new(pcache_tgt());
         cmd.args(["-m", "0x1", "--idle-backoff", "-r"])
             .arg(&sock)
             .args(args)
