@@ -47,17 +47,20 @@ CACHE_MODES = ("writeback", "writethrough", "writearound", "passthrough")
 
 
 def bdev_pcache_create(client, name, cache_bdev, origin_bdev, mode=None, data_crc=None,
-                       gc_percent=None, format=None, durable=None, segment_size=None, uuid=None,
-                       promotion_threshold=None, sequential_cutoff=None,
-                       writeback_dirty_target=None, writeback_rate_limit=None):
+                       gc_percent=None, format=None, force=None, durable=None,
+                       segment_size=None, uuid=None, promotion_threshold=None,
+                       sequential_cutoff=None, writeback_dirty_target=None,
+                       writeback_rate_limit=None):
     """Create a pcache bdev: ``cache_bdev`` (a pmem bdev) in front of ``origin_bdev``.
 
     An existing cache for the same origin is reattached (its log replayed, dirty data kept);
-    ``format`` reformats it (its data is lost). Returns the new bdev's name.
+    ``format`` reformats it (its data is lost); over dirty data held for another origin it is
+    refused unless ``force`` is given too. Returns the new bdev's name.
     """
     return _call(client, "bdev_pcache_create", name=name, cache_bdev=cache_bdev,
                  origin_bdev=origin_bdev, mode=mode, data_crc=data_crc, gc_percent=gc_percent,
-                 format=format, durable=durable, segment_size=segment_size, uuid=uuid,
+                 format=format, force=force, durable=durable, segment_size=segment_size,
+                 uuid=uuid,
                  promotion_threshold=promotion_threshold, sequential_cutoff=sequential_cutoff,
                  writeback_dirty_target=writeback_dirty_target,
                  writeback_rate_limit=writeback_rate_limit)
@@ -201,7 +204,8 @@ def _add_pcache_verbs(subparsers):
             args.client, name=args.name, cache_bdev=args.cache_bdev,
             origin_bdev=args.origin_bdev, mode=args.mode,
             data_crc=True if args.data_crc else None, gc_percent=args.gc_percent,
-            format=True if args.format else None, durable=True if args.durable else None,
+            format=True if args.format else None, force=True if args.force else None,
+            durable=True if args.durable else None,
             segment_size=args.segment_size, uuid=args.uuid,
             promotion_threshold=args.promotion_threshold,
             sequential_cutoff=args.sequential_cutoff,
@@ -220,6 +224,8 @@ def _add_pcache_verbs(subparsers):
             help="Reclaim segments once this percent is in use (0-90, default 70)")
     _option(p, "--format", action="store_true",
             help="Reformat the cache even if it holds a cache for another origin (data lost)")
+    _option(p, "--force", action="store_true",
+            help="With --format: format even over dirty data held for another origin (lost)")
     _option(p, "--durable", action="store_true",
             help="Every completed write is already persistent (group commit per poll)")
     _option(p, "--segment-size", type=int,

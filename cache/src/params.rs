@@ -62,6 +62,9 @@ pub struct CreateParams {
     /// Format the cache even if it holds a cache for another origin (its data is lost).
     #[serde(default, skip_serializing_if = "is_false")]
     pub format: bool,
+    /// With `format`: format even over dirty data held for another origin (it is lost).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub force: bool,
     /// Every completed write is already persistent (key-sets group-committed per poll).
     #[serde(default)]
     pub durable: bool,
@@ -111,6 +114,9 @@ impl CreateParams {
     pub fn check(&self) -> Result<(), String> {
         if self.name.is_empty() {
             return Err("name must not be empty".into());
+        }
+        if self.force && !self.format {
+            return Err("force applies only with format".into());
         }
         check_gc_percent(self.gc_percent)?;
         if !self.segment_size.is_power_of_two() || !(1 << 20..=1 << 30).contains(&self.segment_size)

@@ -215,7 +215,7 @@ pub fn create(params: CreateParams) -> Result<Bdev, BdevError> {
     )?;
     origin_desc.claim(MODULE)?;
 
-    let cache = attach(&params, pmem, origin)?;
+    let cache = attach(&params, pmem, origin, origin_bdev.name())?;
     *cache.origin_desc.lock().unwrap_or_else(|p| p.into_inner()) = Some(origin_desc);
     *cache.cache_desc.lock().unwrap_or_else(|p| p.into_inner()) = Some(cache_desc);
     // Writeback runs on this (the management) thread until shutdown stops it.
@@ -247,19 +247,19 @@ fn attach(
     params: &CreateParams,
     pmem: Arc<dyn pmem::Pmem>,
     origin: OriginId,
+    origin_name: &str,
 ) -> Result<Arc<Cache>, BdevError> {
     let opened = if params.format {
+        refuse_losing_dirty_data(params, &*pmem, &origin)?;
         None
     } else {
         match format::open(&*pmem, &origin) {
             Ok(m) => Some(m),
             Err(FormatError::NotFormatted) => None,
-            Err(e @ FormatError::OriginMismatch { .. }) => {
+            Err(FormatError::OriginMismatch { on_media, given }) => {
                 return Err(err(
                     libc::EINVAL,
-                    format!(
-                        "{e}; pass \"format\": true to reformat the cache for this origin (its data is lost)"
-                    ),
+                    mismatch_message(params, origin_name, &on_media, &given, &*pmem),
                 ));
             }
             Err(e) => return Err(fmt_err(e)),
@@ -325,8 +325,102 @@ fn attach(
         next_seq,
         lanes,
         writer,
-        params.clone(),
+        // What save_config writes: a restart reattaches, it never formats.
+        CreateParams {
+            format: false,
+            force: false,
+            ..params.clone()
+        },
     ))
+}
+
+/// Dirty bytes the cache on `pmem` holds for the origin it was formatted for (`recorded`): its
+/// log replayed into a scratch index.
+fn dirty_bytes_for(pmem: &dyn pmem::Pmem, recorded: &OriginId) -> Result<u64, String> {
+    let meta = format::open(pmem, recorded).map_err(|e| e.to_string())?;
+    let index = Index::new(IndexConfig::for_origin(
+        meta.layout.block_size(),
+        recorded.blocks,
+    ))
+    .map_err(|e| e.to_string())?;
+    let segments = SegmentTable::new(meta.gens.clone());
+    let r = crate::replay::replay(pmem, &meta, &index, &segments).map_err(|e| e.to_string())?;
+    Ok(r.dirty_blocks * u64::from(meta.layout.block_size()))
+}
+
+/// `"format": true` over a cache that holds dirty data for another origin destroys writes that
+/// were acknowledged and never reached that origin: refused (EBUSY) unless `"force": true`.
+fn refuse_losing_dirty_data(
+    params: &CreateParams,
+    pmem: &dyn pmem::Pmem,
+    origin: &OriginId,
+) -> Result<(), BdevError> {
+    if params.force {
+        return Ok(());
+    }
+    let recorded = match format::open(pmem, origin) {
+        Err(FormatError::OriginMismatch { on_media, .. }) => on_media,
+        // Not a cache, or one for this origin: formatting it is what was asked.
+        _ => return Ok(()),
+    };
+    let why = match dirty_bytes_for(pmem, &recorded) {
+        Ok(0) => return Ok(()),
+        Ok(n) => format!("it holds {n} dirty bytes for {recorded}"),
+        Err(e) => format!("how much dirty data it holds for {recorded} cannot be read ({e})"),
+    };
+    Err(err(
+        libc::EBUSY,
+        format!(
+            "refusing to format {}: {why}, written but not yet on that origin; they are lost if \
+             it is formatted. Reattach to that origin to write them back (bdev_pcache_flush_start), \
+             or pass \"force\": true with \"format\": true to drop them",
+            params.cache_bdev
+        ),
+    ))
+}
+
+/// The answer when the cache was formatted for another origin: what it recorded, what it still
+/// holds, how to keep the origin's identity, and what formatting would cost.
+fn mismatch_message(
+    params: &CreateParams,
+    origin_name: &str,
+    on_media: &OriginId,
+    given: &OriginId,
+    pmem: &dyn pmem::Pmem,
+) -> String {
+    let dirty = dirty_bytes_for(pmem, on_media);
+    let head = format!(
+        "the cache on {} was formatted for {on_media}, but {origin_name} is {given}",
+        params.cache_bdev
+    );
+    let keep = if on_media.uuid == given.uuid {
+        format!(
+            "{origin_name} has the recorded uuid but another size: give it back {} blocks of {} \
+             bytes to reattach",
+            on_media.blocks, on_media.block_size
+        )
+    } else {
+        format!(
+            "if {origin_name} is that device, give it \"uuid\": \"{}\" in its create call \
+             (save_config writes every bdev's uuid; a bdev created without one gets a new one at \
+             every start)",
+            on_media.uuid
+        )
+    };
+    let drop = match dirty {
+        Ok(0) => "it holds no dirty data: \"format\": true reformats it for this origin and \
+                  loses no write"
+            .to_string(),
+        Ok(n) => format!(
+            "it holds {n} dirty bytes not yet written to that origin: \"format\": true is \
+             refused over them unless \"force\": true is given too, and then they are lost"
+        ),
+        Err(e) => format!(
+            "its dirty data cannot be counted ({e}): \"format\": true needs \"force\": true \
+             and loses whatever it holds"
+        ),
+    };
+    format!("{head}; {keep}; {drop}")
 }
 
 /// Replays the log into the index and segment table; returns each lane's (lane, head, head

@@ -155,6 +155,86 @@ fn a_cache_formatted_for_another_origin_is_refused_without_format() {
 }
 
 #[test]
+fn another_origin_is_told_the_recorded_uuid_and_the_dirty_bytes_and_format_needs_force() {
+    let h = Harness::new(1);
+    let pm: Arc<dyn Pmem> = Arc::new(PmemFile::anonymous(64 << 20).unwrap());
+    bdev::pmem::create_with("od_pmem", pm, 4096).unwrap();
+    let a = malloc::create(MallocCreateParams::new("od_a", 1024, 4096)).unwrap();
+    let b = malloc::create(MallocCreateParams::new("od_b", 1024, 4096)).unwrap();
+    let pc = h.run_on(0, || {
+        cache::vbdev::create(params("od_cache", "od_pmem", "od_a")).unwrap()
+    });
+    // Three dirty blocks for od_a, kept in pmem at delete.
+    let (d, ch) = open(&h, "od_cache");
+    let w = block(5);
+    h.run_on(0, || {
+        for (i, lba) in [1u64, 7, 8].into_iter().enumerate() {
+            ch.write(
+                &[iov(&w)],
+                lba,
+                1,
+                IoFlags::default(),
+                record,
+                IoCtx::Word(i),
+            )
+            .unwrap();
+        }
+    });
+    assert!(wait(&h, 3).iter().all(|(_, ok)| *ok));
+    drop((ch, d));
+    unregister(&h, pc);
+
+    let e = h.run_on(0, || {
+        cache::vbdev::create(params("od_cache", "od_pmem", "od_b")).unwrap_err()
+    });
+    let msg = e.to_string();
+
+    assert_eq!(e.errno(), libc::EINVAL, "{msg}");
+    assert!(
+        msg.contains(&a.uuid().to_string()),
+        "names the recorded uuid: {msg}"
+    );
+    assert!(msg.contains("\"uuid\""), "says how to keep it: {msg}");
+    assert!(msg.contains(&format!("{} dirty bytes", 3 * 4096)), "{msg}");
+    assert!(msg.contains("\"force\""), "{msg}");
+
+    // format alone would lose them: refused, and the cache is untouched.
+    let mut p = params("od_cache", "od_pmem", "od_b");
+    p.format = true;
+    let e = h.run_on(0, || cache::vbdev::create(p.clone()).unwrap_err());
+    assert_eq!(e.errno(), libc::EBUSY, "{e}");
+
+    assert!(
+        e.to_string().contains(&format!("{} dirty bytes", 3 * 4096)),
+        "{e}"
+    );
+    let pc = h.run_on(0, || {
+        cache::vbdev::create(params("od_cache", "od_pmem", "od_a")).unwrap()
+    });
+    let st = cache::rpc::stats_json(&cache::vbdev::cache_of(&pc).unwrap());
+    assert_eq!(st["dirty_bytes"], 3 * 4096, "still there for od_a: {st}");
+    unregister(&h, pc);
+
+    // force alone means nothing; with format it formats for od_b.
+    let mut f = params("od_cache", "od_pmem", "od_b");
+    f.force = true;
+    let e = h.run_on(0, || cache::vbdev::create(f.clone()).unwrap_err());
+    assert_eq!(e.errno(), libc::EINVAL, "{e}");
+    p.force = true;
+    let pc = h.run_on(0, || cache::vbdev::create(p).unwrap());
+    let st = cache::rpc::stats_json(&cache::vbdev::cache_of(&pc).unwrap());
+    assert_eq!(st["dirty_bytes"], 0, "{st}");
+    // Neither is saved: a restart reattaches.
+    let saved = pc.ops().write_config_json().unwrap();
+    assert!(saved["params"].get("format").is_none(), "{saved}");
+    assert!(saved["params"].get("force").is_none(), "{saved}");
+    unregister(&h, pc);
+    unregister(&h, a);
+    unregister(&h, b);
+    unregister(&h, Bdev::lookup("od_pmem").unwrap());
+}
+
+#[test]
 fn flipped_bytes_in_pmem_are_never_returned_as_data() {
     let h = Harness::new(1);
     let pm: Arc<dyn Pmem> = Arc::new(PmemFile::anonymous(64 << 20).unwrap());
