@@ -31,8 +31,22 @@ fn phase(dir: &Path, config: &Path, workload: &[&str], io_size: u32, secs: u64) 
     let log = dir.join(format!("bdevperf-{}.log", workload[0]));
     let out = dir.join(format!("bdevperf-{}.json", workload[0]));
     let mut child = Command::new(BDEVPERF)
-        .args(["-c", config.to_str().unwrap(), "-T", "Pcache0", "-q", "4096"])
-        .args(["-o", &io_size.to_string(), "-t", &secs.to_string(), "-m", "0x1"])
+        .args([
+            "-c",
+            config.to_str().unwrap(),
+            "-T",
+            "Pcache0",
+            "-q",
+            "4096",
+        ])
+        .args([
+            "-o",
+            &io_size.to_string(),
+            "-t",
+            &secs.to_string(),
+            "-m",
+            "0x1",
+        ])
         .args(["-w"])
         .args(workload)
         .args(["-r", sock.to_str().unwrap()])
