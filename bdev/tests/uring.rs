@@ -358,9 +358,10 @@ fn geometry_and_parameter_errors() {
     assert_eq!((b.block_size(), b.num_blocks()), (512, 9));
     let e = uring::create(p("uring_geo", &file, None)).unwrap_err();
     assert_eq!(e.errno(), libc::EEXIST);
+    // One bdev at a time on a file (the second would be EBUSY).
+    b.unregister(|r| r.unwrap());
     let b4k = uring::create(p("uring_geo4k", &file, Some(4096))).unwrap();
     assert_eq!(b4k.num_blocks(), 1);
-    b.unregister(|r| r.unwrap());
     b4k.unregister(|r| r.unwrap());
 }
 

@@ -23,6 +23,13 @@ pub enum PmemError {
     #[error("{path}: not a regular file")]
     NotRegularFile { path: String },
 
+    /// Another opener (another process, or another bdev of this one) uses the file.
+    #[error("{path} is in use: {holder}")]
+    Busy {
+        path: String,
+        holder: crate::lock::Holder,
+    },
+
     /// A system call failed; `what` names the call and the file.
     #[error("{what}: {source}")]
     Io {
@@ -40,6 +47,7 @@ impl PmemError {
             | Self::SizeMismatch { .. }
             | Self::BadSize { .. }
             | Self::NotRegularFile { .. } => libc::EINVAL,
+            Self::Busy { .. } => libc::EBUSY,
             Self::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
         }
     }

@@ -16,6 +16,7 @@ pub mod cpu;
 mod crash;
 mod device;
 mod error;
+mod lock;
 mod map;
 pub mod persist;
 
@@ -23,5 +24,6 @@ pub use cpu::{FlushInstr, flush_instr};
 pub use crash::CrashPmem;
 pub use device::{Pmem, PmemKind};
 pub use error::PmemError;
+pub use lock::{FileLock, Holder};
 pub use map::{MapMode, PmemFile};
 pub use persist::{fence, flush_range, nt_copy, persist_range};

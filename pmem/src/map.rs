@@ -10,7 +10,7 @@ use nix::fcntl::{FallocateFlags, fallocate};
 use nix::sys::mman::{MapFlags, MsFlags, ProtFlags, mmap, mmap_anonymous, msync, munmap};
 
 use crate::device::check_range;
-use crate::{Pmem, PmemError, PmemKind, persist};
+use crate::{FileLock, Pmem, PmemError, PmemKind, persist};
 
 /// How [`PmemFile::open`] maps the file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -30,6 +30,8 @@ pub struct PmemFile {
     len: usize,
     kind: PmemKind,
     path: Option<PathBuf>,
+    /// The file's exclusive lock, until [`PmemFile::take_lock`] hands it to the owner.
+    lock: Option<FileLock>,
 }
 
 // SAFETY: the mapping is process-wide shared memory owned by this value until drop, and it
@@ -41,7 +43,9 @@ unsafe impl Sync for PmemFile {}
 
 impl PmemFile {
     /// Map `path`, creating it at `size` bytes if missing or empty. An existing file must be
-    /// exactly `size` bytes; `size == 0` means "use the existing size".
+    /// exactly `size` bytes; `size == 0` means "use the existing size". The file is locked for
+    /// exclusive use (see [`FileLock`]) while this value lives: a file another opener holds is
+    /// [`PmemError::Busy`], and nothing of it is touched.
     pub fn open(path: &Path, size: u64, mode: MapMode) -> Result<Self, PmemError> {
         let name = path.display().to_string();
         let file = OpenOptions::new()
@@ -57,6 +61,7 @@ impl PmemFile {
         if !meta.is_file() {
             return Err(PmemError::NotRegularFile { path: name });
         }
+        let lock = FileLock::exclusive(&file, path)?;
         let size = match (meta.len(), size) {
             (0, 0) => {
                 return Err(PmemError::BadSize {
@@ -95,6 +100,7 @@ impl PmemFile {
             len: len.get(),
             kind,
             path: Some(path.to_path_buf()),
+            lock: Some(lock),
         })
     }
 
@@ -109,7 +115,14 @@ impl PmemFile {
             len: len.get(),
             kind: PmemKind::Emulated,
             path: None,
+            lock: None,
         })
+    }
+
+    /// Hands the file's lock to the caller, whose object's life it then follows: a bdev drops
+    /// it at delete, while the mapping may linger a little in stacked modules' hands.
+    pub fn take_lock(&mut self) -> Option<FileLock> {
+        self.lock.take()
     }
 
     /// The mapped file; `None` for anonymous memory.
@@ -301,6 +314,48 @@ mod tests {
         assert!(e.errno() > 0);
         assert!(PmemFile::anonymous(0).is_err());
         assert!(PmemFile::anonymous(u64::MAX).is_err());
+    }
+
+    #[test]
+    fn a_mapped_file_is_busy_for_a_second_opener_until_its_lock_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pmem");
+        let mut first = PmemFile::open(&path, 8192, MapMode::Emulated).unwrap();
+        first.write(0, b"first").unwrap();
+        let e = PmemFile::open(&path, 8192, MapMode::Emulated)
+            .err()
+            .unwrap();
+        assert_eq!(e.errno(), libc::EBUSY);
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&path.display().to_string()) && msg.contains("in use"),
+            "{msg}"
+        );
+        assert!(msg.contains(&std::process::id().to_string()), "{msg}");
+        // The refused opener touched nothing, even given another size.
+        let e = PmemFile::open(&path, 4096, MapMode::Emulated)
+            .err()
+            .unwrap();
+        assert_eq!(e.errno(), libc::EBUSY);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 8192);
+        // The lock follows whoever took it, not the mapping.
+        let lock = first.take_lock().unwrap();
+        assert!(PmemFile::open(&path, 0, MapMode::Emulated).is_err());
+        drop(lock);
+        let second = PmemFile::open(&path, 0, MapMode::Emulated).unwrap();
+        let mut buf = [0u8; 5];
+        second.read(0, &mut buf).unwrap();
+        assert_eq!(&buf, b"first");
+        drop(first);
+        assert_eq!(
+            PmemFile::open(&path, 0, MapMode::Emulated)
+                .err()
+                .unwrap()
+                .errno(),
+            libc::EBUSY
+        );
+        drop(second);
+        drop(PmemFile::open(&path, 0, MapMode::Emulated).unwrap());
     }
 
     #[test]

@@ -318,9 +318,13 @@ fn every_module_create_inspect_delete() {
     let dir = tempdir();
     let file = dir.path().join("uring.img");
     sparse_file(&file, 64 << 20);
+    // UringF's own: one bdev at a time opens a file.
+    let file_f = dir.path().join("uring-f.img");
+    sparse_file(&file_f, 1 << 20);
     let pmem_file = dir.path().join("pmem.img");
-    let (file, pmem_file) = (
+    let (file, file_f, pmem_file) = (
         file.to_str().unwrap_or(""),
+        file_f.to_str().unwrap_or(""),
         pmem_file.to_str().unwrap_or(""),
     );
     let cli = t.cli();
@@ -472,6 +476,22 @@ fn every_module_create_inspect_delete() {
     ] {
         assert_eq!(s.error(dup), (-17, "File exists".into()), "{dup:?}");
     }
+    // A file another bdev has open is busy, whatever the new bdev's name.
+    for busy in [
+        &["bdev_uring_create", file, "UringBusy"][..],
+        &[
+            "--plugin",
+            "pcache_rpc_plugin",
+            "bdev_pmem_create",
+            pmem_file,
+            "-n",
+            "PmemBusy",
+        ],
+    ] {
+        let (code, msg) = s.error(busy);
+        assert_eq!(code, -16, "{busy:?}: {msg}");
+        assert!(msg.contains("is in use"), "{busy:?}: {msg}");
+    }
 
     let iostat = s.json(&["bdev_get_iostat"]);
     assert_shape(
@@ -573,7 +593,7 @@ fn every_module_create_inspect_delete() {
                 "bdev_uring_create",
                 "-u",
                 "11111111-2222-4333-8444-555555555557",
-                file,
+                file_f,
                 "UringF",
                 "512",
             ],

@@ -2,7 +2,7 @@
 //! back-off so parallel tests share the cores.
 
 mod common;
-use common::{DEADLINE, counts, rpc_call, u};
+use common::{DEADLINE, Watched, counts, rpc_call, u};
 
 use serde_json::{Value, json};
 use std::os::unix::net::UnixStream;
@@ -520,32 +520,59 @@ fn a_pattern_survives_restarts_on_a_uring_file() {
     assert!(m > 0, "{j:#}");
 }
 
+/// Waits until `bdev` has completed I/O (`counter` of its iostat above 0), so a run stopped now
+/// has something to report.
+fn wait_for_io(sock: &Path, bdev: &str, counter: &str) {
+    let start = Instant::now();
+    loop {
+        let st = rpc_call(sock, "bdev_get_iostat", json!({"name": bdev}));
+        if st["result"]["bdevs"][0][counter]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+        {
+            return;
+        }
+        assert!(start.elapsed() < DEADLINE, "no {counter} on {bdev}: {st:#}");
+    }
+}
+
+/// Starts a 60 s run (with an RPC socket), waits until it is running I/O and has completed
+/// some, then sends `sig`; the output once it exited, which must be a success.
+fn signal_mid_run(env: &Env, args: &[&str], counter: &str, sig: libc::c_int) -> String {
+    let sock = env.path("rpc.sock");
+    let mut a = vec!["-r", sock.to_str().unwrap(), "-t", "60"];
+    a.extend_from_slice(args);
+    let mut p = Watched::spawn(env.command(&a));
+    p.wait_for("Running I/O for 60 seconds");
+    let bdev = a[a.iter().position(|&x| x == "-T").unwrap() + 1];
+    wait_for_io(&sock, bdev, counter);
+    p.signal(sig);
+    let status = p.wait(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "bdevperf failed ({status}):\n{}",
+        p.output()
+    );
+    p.output().to_string()
+}
+
 #[test]
 fn a_signal_ends_the_run_with_a_report() {
     let env = Env::new(CONFIG);
     let json = env.path("sig.json");
-    let child = env
-        .command(&[
-            "-T",
-            "Null0",
-            "-q",
-            "4",
-            "-o",
-            "4096",
-            "-w",
-            "randread",
-            "-t",
-            "60",
-            "--json-output",
-            json.to_str().unwrap(),
-        ])
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    // SAFETY: kill(2) on our own child's pid has no memory effects.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-    let out = wait(child, Duration::from_secs(30));
-    let stdout = ok(&out);
+    let args = [
+        "-T",
+        "Null0",
+        "-q",
+        "4",
+        "-o",
+        "4096",
+        "-w",
+        "randread",
+        "--json-output",
+        json.to_str().unwrap(),
+    ];
+    let stdout = signal_mid_run(&env, &args, "num_read_ops", libc::SIGINT);
     assert!(stdout.contains("Received shutdown signal"), "{stdout}");
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let j = job(&doc, 0);
@@ -563,30 +590,21 @@ fn sigterm_with_writes_in_flight_shuts_down_cleanly_and_loses_no_completed_block
     ]}]});
     let env = Env::new(&config.to_string());
     let json = env.path("term.json");
-    let child = env
-        .command(&[
-            "-T",
-            "Uring0",
-            "-q",
-            "32",
-            "-o",
-            "4096",
-            "-w",
-            "randwrite",
-            "--pattern",
-            "5",
-            "-t",
-            "60",
-            "--json-output",
-            json.to_str().unwrap(),
-        ])
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    // SAFETY: kill(2) on our own child's pid has no memory effects.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let out = wait(child, Duration::from_secs(30));
-    let stdout = ok(&out);
+    let args = [
+        "-T",
+        "Uring0",
+        "-q",
+        "32",
+        "-o",
+        "4096",
+        "-w",
+        "randwrite",
+        "--pattern",
+        "5",
+        "--json-output",
+        json.to_str().unwrap(),
+    ];
+    let stdout = signal_mid_run(&env, &args, "num_write_ops", libc::SIGTERM);
     assert!(stdout.contains("Received shutdown signal"), "{stdout}");
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(job(&doc, 0)["status"], "terminated");

@@ -13,13 +13,13 @@ pub mod rpc;
 
 use crate::iov::{self, IoVec};
 use crate::{Bdev, BdevChannelOps, BdevError, BdevIo, BdevOps, BdevProps, IoType};
-use ::pmem::{MapMode, Pmem, PmemError, PmemFile, PmemKind};
+use ::pmem::{FileLock, MapMode, Pmem, PmemError, PmemFile, PmemKind};
 use rpc::{PmemCreateParams, PmemMode};
 use serde_json::{Value, json};
 use std::cell::RefCell;
 use std::path::Path;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 pub const MODULE: &str = "pmem";
@@ -40,6 +40,9 @@ struct PmemDisk {
     /// None for a bdev built by `create_with` (no file, so no RPC recreates it).
     file: Option<String>,
     mode: PmemMode,
+    /// The file's exclusive lock, held from create to delete (`destruct`), even if a stacked
+    /// module still holds the mapping a moment longer.
+    lock: Mutex<Option<FileLock>>,
 }
 
 impl PmemDisk {
@@ -167,6 +170,11 @@ impl BdevOps for PmemOps {
         }})
     }
 
+    fn destruct(&self) {
+        let mut lock = self.0.lock.lock().unwrap_or_else(|p| p.into_inner());
+        drop(lock.take());
+    }
+
     fn write_config_json(&self) -> Option<Value> {
         let d = &self.0;
         let mut params = json!({
@@ -220,8 +228,10 @@ pub fn create(params: PmemCreateParams) -> Result<Bdev, BdevError> {
         PmemMode::Emulated => MapMode::Emulated,
         PmemMode::Msync => MapMode::Msync,
     };
-    let map = PmemFile::open(Path::new(file), size, map_mode)
+    // A file another process (or another bdev here) has open is EBUSY, naming it and its holder.
+    let mut map = PmemFile::open(Path::new(file), size, map_mode)
         .map_err(|e| BdevError::io(e.errno(), e.to_string()))?;
+    let lock = map.take_lock();
     let pmem: Arc<dyn Pmem> = Arc::new(map);
     log_kind(&params.name, file, pmem.kind());
     let disk = PmemDisk {
@@ -232,6 +242,7 @@ pub fn create(params: PmemCreateParams) -> Result<Bdev, BdevError> {
         uuid: params.uuid.unwrap_or_else(Uuid::new_v4),
         file: Some(params.pmem_file),
         mode: params.mode,
+        lock: Mutex::new(lock),
     };
     register(disk)
 }
@@ -257,6 +268,7 @@ pub fn create_with(name: &str, pmem: Arc<dyn Pmem>, block_size: u32) -> Result<B
         uuid: Uuid::new_v4(),
         file: None,
         mode: PmemMode::Auto,
+        lock: Mutex::new(None),
     })
 }
 
@@ -358,5 +370,43 @@ fn log_kind(name: &str, file: &str, kind: PmemKind) {
         PmemKind::CrashSim => {
             tracing::info!("pmem bdev {name}: crash-simulating test double")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delete_now(name: &str) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        delete(name, move |r| tx.send(r).unwrap());
+        // No reactor thread here: the unregister (no descriptor open) completes inside `delete`.
+        rx.try_recv().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_file_in_use_is_busy_until_its_bdev_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pmem");
+        let file = file.to_str().unwrap();
+        let params = |name| PmemCreateParams {
+            mode: PmemMode::Emulated,
+            ..PmemCreateParams::new(name, file, 4096, 16)
+        };
+        let first = create(params("LockPmem0")).unwrap();
+        let e = create(params("LockPmem1")).unwrap_err();
+        assert_eq!(e.errno(), libc::EBUSY, "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains(file) && msg.contains("in use"), "{msg}");
+        assert!(msg.contains(&std::process::id().to_string()), "{msg}");
+        assert!(Bdev::lookup("LockPmem1").is_none());
+        // A stacked module may still hold the mapping after the delete; the file is free anyway.
+        let mapping = pmem_of(&first).unwrap();
+        drop(first);
+        delete_now("LockPmem0");
+        let again = create(params("LockPmem1")).unwrap();
+        assert_eq!(again.num_blocks(), 16);
+        drop(mapping);
+        delete_now("LockPmem1");
     }
 }

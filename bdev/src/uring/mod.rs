@@ -26,7 +26,7 @@ use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::rc::{Rc, Weak};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 pub const MODULE: &str = "uring";
@@ -57,6 +57,9 @@ struct UringDisk {
     engine: EngineKind,
     /// io_uring can fallocate (so unmap and write_zeroes are offered on ring channels).
     ring_fallocate: bool,
+    /// The exclusive hold on the file, from create to delete (`destruct`), even while channels'
+    /// engines still hold descriptors a moment longer.
+    lock: Mutex<Option<::pmem::FileLock>>,
 }
 
 impl UringDisk {
@@ -208,6 +211,11 @@ impl BdevOps for UringOps {
         json!({"uring": {"filename": self.0.filename}})
     }
 
+    fn destruct(&self) {
+        let mut lock = self.0.lock.lock().unwrap_or_else(|p| p.into_inner());
+        drop(lock.take());
+    }
+
     fn write_config_json(&self) -> Option<Value> {
         let d = &self.0;
         Some(json!({
@@ -280,6 +288,7 @@ pub fn create_with_engine(
         len_align: opened.len_align,
         engine,
         ring_fallocate: support.is_some_and(|s| s.fallocate),
+        lock: Mutex::new(Some(opened.lock)),
     };
     Bdev::register(props, Arc::new(UringOps(Arc::new(disk))))
 }
@@ -308,6 +317,7 @@ pub fn delete(name: &str, done: impl FnOnce(Result<(), BdevError>) + Send + 'sta
 
 struct Opened {
     files: Files,
+    lock: ::pmem::FileLock,
     block_size: u32,
     num_blocks: u64,
     mem_align: usize,
@@ -321,7 +331,8 @@ fn io_err(path: &str, what: &str, e: std::io::Error) -> BdevError {
     )
 }
 
-/// Opens the file (buffered, and O_DIRECT when allowed) and works out its geometry.
+/// Opens the file (buffered, and O_DIRECT when allowed) for exclusive use and works out its
+/// geometry.
 fn open_file(path: &str, block_size: Option<u32>) -> Result<Opened, BdevError> {
     let file = OpenOptions::new()
         .read(true)
@@ -371,12 +382,18 @@ fn open_file(path: &str, block_size: Option<u32>) -> Result<Opened, BdevError> {
             size % u64::from(block_size)
         );
     }
+    // Bad parameters are reported as such first; nothing above changed the file. flock on a
+    // file, O_EXCL on a block device: a second opener (another process, or another bdev here)
+    // is EBUSY, naming the file and its holder where it can be found.
+    let lock = ::pmem::FileLock::exclusive(&file, std::path::Path::new(path))
+        .map_err(|e| BdevError::io(e.errno(), e.to_string()))?;
     let (direct, mem_align, len_align) = open_direct(path, block_size, lbs);
     Ok(Opened {
         files: Files {
             direct,
             buffered: file.into(),
         },
+        lock,
         block_size,
         num_blocks,
         mem_align,
@@ -449,4 +466,34 @@ fn dio_align(f: &File) -> Option<(u32, u32)> {
     let st = unsafe { st.assume_init() };
     (st.stx_mask & libc::STATX_DIOALIGN != 0)
         .then_some((st.stx_dio_mem_align, st.stx_dio_offset_align))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delete_now(name: &str) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        delete(name, move |r| tx.send(r).unwrap());
+        // No reactor thread here: the unregister (no descriptor open) completes inside `delete`.
+        rx.try_recv().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_file_in_use_is_busy_until_its_bdev_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        File::create(&path).unwrap().set_len(1 << 20).unwrap();
+        let file = path.to_str().unwrap();
+        create(rpc::UringCreateParams::new("LockUring0", file)).unwrap();
+        let e = create(rpc::UringCreateParams::new("LockUring1", file)).unwrap_err();
+        assert_eq!(e.errno(), libc::EBUSY, "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains(file) && msg.contains("in use"), "{msg}");
+        assert!(msg.contains(&std::process::id().to_string()), "{msg}");
+        assert!(Bdev::lookup("LockUring1").is_none());
+        delete_now("LockUring0");
+        create(rpc::UringCreateParams::new("LockUring1", file)).unwrap();
+        delete_now("LockUring1");
+    }
 }
