@@ -297,6 +297,9 @@ impl Engine {
             .map(|l| l.persisted_head())
             .collect();
         self.keys.clear();
+        // Lanes are added while the cache runs: a window for each lane both lists know.
+        self.windows
+            .resize_with(tails.len().min(heads.len()), Window::default);
         for (lane, (&(key_tail, dirty_tail), &head)) in (0u32..).zip(tails.iter().zip(&heads)) {
             self.read_window(lane, key_tail, dirty_tail, head)?;
         }

@@ -5,7 +5,7 @@ use crate::format::{CacheInfo, Key, Layout, SlotWriter, Tails};
 use crate::gc::GcShared;
 use crate::index::Index;
 use crate::lane::Lane;
-use crate::log::{LaneShared, LogCtx};
+use crate::log::{LaneLog, LaneShared, LogCtx};
 use crate::params::{CacheMode, CreateParams};
 use crate::segments::SegmentTable;
 use crate::writeback::WritebackShared;
@@ -315,11 +315,67 @@ impl Cache {
         self.meta.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A lane for a thread that has none: a free one, else a new one. Key space is taken only
+    /// for lanes some thread uses, so a small cache is not filled by idle lanes' key segments.
     fn take_lane(&self) -> Option<Lane> {
-        self.free_lanes
+        let free = self
+            .free_lanes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .pop()
+            .pop();
+        free.or_else(|| match self.add_lane() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(cache = %self.name, "no lane for this thread: {e}");
+                None
+            }
+        })
+    }
+
+    /// Adds a lane to the cache: a key segment for its log, recorded in the tails record (the
+    /// lane count grows by one) before any key-set is written there, so replay knows the lane
+    /// from the moment it can hold keys. The tails lock orders it with writeback's and GC's
+    /// tails updates, which keep the lanes they did not read.
+    fn add_lane(&self) -> Result<Lane, String> {
+        let mut meta = self.meta();
+        let lane = meta.tails.lanes().len();
+        if lane >= crate::format::MAX_LANES {
+            return Err(format!("all {} lanes are in use", crate::format::MAX_LANES));
+        }
+        let (seg, gen_) = self
+            .segments
+            .alloc(crate::segments::SegUse::Key { lane: lane as u16 })
+            .ok_or("no free segment for a new lane's key log")?;
+        let start = crate::format::LogPos { seg, off: 0 };
+        let mut lanes = meta.tails.lanes().to_vec();
+        lanes.push(crate::format::LaneTails {
+            key_tail: start,
+            dirty_tail: start,
+        });
+        let persisted =
+            crate::format::Tails::new(meta.tails.written_back_seq, &lanes).and_then(|tails| {
+                let bytes = tails.encode();
+                let payload = bytes.get(..tails.encoded_len()).unwrap_or(&bytes[..]);
+                meta.tails_slot.write(&*self.pmem, payload)?;
+                Ok(tails)
+            });
+        let tails = match persisted {
+            Ok(t) => t,
+            Err(e) => {
+                // Nothing names the segment: it goes back through retirement.
+                self.segments.retire(seg);
+                return Err(format!("recording a new lane failed: {e}"));
+            }
+        };
+        meta.tails = tails;
+        let log = LaneLog::new(lane as u32, self.format_id, start, gen_, 1);
+        // Published after the tails record, so writeback and GC never see a lane without tails.
+        self.lane_heads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(log.shared().clone());
+        tracing::info!(cache = %self.name, lane, segment = seg, "lane added");
+        Ok(Lane::new(log, None))
     }
 
     fn return_lane(&self, lane: Lane) {

@@ -20,7 +20,18 @@ fn cache_named(name: &str) -> Result<std::sync::Arc<Cache>, RpcError> {
         .ok_or_else(|| RpcError::errno(libc::ENODEV))
 }
 
-/// The counters and log positions of `bdev_pcache_get_stats`.
+fn percent(part: u32, total: u32) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        f64::from(part) * 100.0 / f64::from(total)
+    }
+}
+
+/// The counters and log positions of `bdev_pcache_get_stats`. Occupancy: `occupancy_percent`
+/// is every segment in use (data, the lanes' key logs, retiring) over all segments;
+/// `data_occupancy_percent` the data segments alone; `metadata_bytes` the pmem that holds
+/// metadata (the records before the first segment and the key segments).
 pub fn stats_json(cache: &Cache) -> Value {
     let s = &cache.stats;
     let g = |c: &crate::instance::Counter| c.get();
@@ -64,7 +75,10 @@ pub fn stats_json(cache: &Cache) -> Value {
         "bytes_promoted": g(&s.bytes_promoted),
         "dirty_bytes": idx.dirty_blocks * bs,
         "cached_bytes": idx.cached_blocks * bs,
-        "occupancy_percent": if segs.total == 0 { 0.0 } else { f64::from(segs.used) * 100.0 / f64::from(segs.total) },
+        "occupancy_percent": percent(segs.used, segs.total),
+        "data_occupancy_percent": percent(segs.data, segs.total),
+        "metadata_bytes": cache.layout.segment_base()
+            + u64::from(segs.key) * u64::from(cache.layout.segment_size()),
         "segments_total": segs.total,
         "segments_used": segs.used,
         "segments_data": segs.data,

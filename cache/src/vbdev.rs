@@ -20,8 +20,9 @@ pub const MODULE: &str = "pcache";
 /// pcache's namespace for bdev UUIDs derived from the origin's.
 const UUID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x9c1d_5a7e_0b42_4e8f_a3d6_1f27_c84b_e590);
 
-/// Lanes made at format: enough for every thread of a two-reactor target that writes.
-const FORMAT_LANES: u32 = 8;
+/// Lanes made at format; a thread that finds no free lane adds one (`Cache::take_lane`), so
+/// only threads that use the cache take key space from it.
+const FORMAT_LANES: u32 = 1;
 
 pub struct PcacheModule;
 

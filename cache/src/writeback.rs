@@ -521,6 +521,10 @@ impl Engine {
                 next: 0,
             });
         }
+        // Lanes are added while the cache runs: a dirty tail for each lane read here (commit
+        // leaves the tails of lanes added since as they are).
+        self.dirty_tails
+            .resize(self.cursors.len(), LogPos::default());
         let mut budget = KSET_BUDGET;
         for i in 0..self.cursors.len() {
             self.fill(i, &mut budget)?;

@@ -235,6 +235,88 @@ fn another_origin_is_told_the_recorded_uuid_and_the_dirty_bytes_and_format_needs
 }
 
 #[test]
+fn an_empty_cache_holds_no_data_and_lanes_take_key_space_only_when_used() {
+    let h = Harness::new(2);
+    // The demo's cache: 256 MiB in 8 MiB segments.
+    let pm: Arc<dyn Pmem> = Arc::new(PmemFile::anonymous(256 << 20).unwrap());
+    bdev::pmem::create_with("oc_pmem", pm, 4096).unwrap();
+    let origin = malloc::create(MallocCreateParams::new("oc_origin", 4096, 4096)).unwrap();
+    let p: CreateParams = serde_json::from_value(serde_json::json!({
+        "name": "oc_cache", "cache_bdev": "oc_pmem", "origin_bdev": "oc_origin"
+    }))
+    .unwrap();
+    let pc = h.run_on(0, || cache::vbdev::create(p.clone()).unwrap());
+    let c = cache::vbdev::cache_of(&pc).unwrap();
+    let st = cache::rpc::stats_json(&c);
+    let seg = st["segments_total"].as_f64().unwrap();
+    assert_eq!(st["data_occupancy_percent"], 0.0, "{st}");
+    assert_eq!(st["segments_key"], 1, "one lane at format: {st}");
+    assert_eq!(
+        st["occupancy_percent"].as_f64().unwrap(),
+        100.0 / seg,
+        "{st}"
+    );
+    assert_eq!(
+        st["metadata_bytes"].as_u64().unwrap(),
+        c.layout.segment_base() + u64::from(c.layout.segment_size()),
+        "{st}"
+    );
+    // Writers on two threads: a second lane, with its own key segment, when the second comes.
+    let d = BdevDesc::open("oc_cache", true, |_| {}).unwrap();
+    let chans: Vec<BdevChannel> = (0..2)
+        .map(|t| h.run_on(t, || d.get_io_channel().unwrap()))
+        .collect();
+    let w = block(3);
+    for (t, ch) in chans.iter().enumerate() {
+        h.run_on(t, || {
+            ch.write(
+                &[iov(&w)],
+                t as u64,
+                1,
+                IoFlags::default(),
+                record,
+                IoCtx::Word(t),
+            )
+            .unwrap()
+        });
+    }
+    let mut done = Vec::new();
+    for _ in 0..1000 {
+        h.poll_until_idle(10);
+        done.extend(common::take_done());
+        if done.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(done.len(), 2, "{done:?}");
+    assert!(done.iter().all(|(_, ok)| *ok));
+    let st = cache::rpc::stats_json(&c);
+    assert_eq!(st["segments_key"], 2, "{st}");
+    assert_eq!(st["tails"].as_array().unwrap().len(), 2, "{st}");
+    assert!(st["data_occupancy_percent"].as_f64().unwrap() > 0.0, "{st}");
+    drop((chans, d, c));
+    unregister(&h, pc);
+    // The added lane is on media: replay finds both lanes and both writes.
+    let pc = h.run_on(0, || cache::vbdev::create(p).unwrap());
+    let st = cache::rpc::stats_json(&cache::vbdev::cache_of(&pc).unwrap());
+    assert_eq!(st["tails"].as_array().unwrap().len(), 2, "{st}");
+    assert_eq!(st["dirty_bytes"], 2 * 4096, "{st}");
+    let (d, ch) = open(&h, "oc_cache");
+    let r = DmaBuf::new(4096, 4096).unwrap();
+    for lba in 0..2u64 {
+        h.run_on(0, || {
+            ch.read(&[iov(&r)], lba, 1, record, IoCtx::Word(9)).unwrap()
+        });
+        assert_eq!(wait(&h, 1), vec![(9, true)]);
+        assert_eq!(r.as_slice(), w.as_slice(), "block {lba}");
+    }
+    drop((ch, d));
+    unregister(&h, pc);
+    unregister(&h, origin);
+    unregister(&h, Bdev::lookup("oc_pmem").unwrap());
+}
+
+#[test]
 fn flipped_bytes_in_pmem_are_never_returned_as_data() {
     let h = Harness::new(1);
     let pm: Arc<dyn Pmem> = Arc::new(PmemFile::anonymous(64 << 20).unwrap());
