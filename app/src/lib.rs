@@ -8,6 +8,7 @@ use rpc::{AppState, Responder, RpcServer, StateMask};
 use serde::Deserialize;
 use serde_json::json;
 use std::cell::RefCell;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -59,8 +60,18 @@ pub fn init_logging(log_flags: &[String]) {
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_writer(std::io::stderr)
             .with_target(false)
+            .with_ansi(use_colour(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR"),
+            ))
             .try_init();
     });
+}
+
+/// Colour is for a person watching: only when stderr is a terminal, and never when NO_COLOR
+/// is set to anything but "" (no-color.org), so logs sent to files or pipes stay plain text.
+fn use_colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Registers every RPC method and subsystem of the target (idempotent).
@@ -369,4 +380,21 @@ fn load_config(entries: Vec<rpc::ConfigEntry>, wait_for_rpc: bool, ready: Ready)
             }),
         );
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::use_colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_and_never_with_no_color() {
+        assert!(use_colour(true, None));
+        assert!(
+            use_colour(true, Some("".into())),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(!use_colour(true, Some("1".into())));
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(false, Some("1".into())));
+    }
 }

@@ -132,6 +132,12 @@ fn randread_prints_spdk_table_and_json() {
     ] {
         assert!(stdout.contains(s), "missing {s:?} in:\n{stdout}");
     }
+    // Logs into a pipe are plain text.
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("INFO") && !stderr.contains('\x1b'),
+        "{stderr:?}"
+    );
     assert_eq!(doc["results"].as_array().unwrap().len(), 1);
     assert_eq!(doc["core_count"], json!(1));
     let j = job(&doc, 0);
