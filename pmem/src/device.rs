@@ -14,7 +14,7 @@ pub enum PmemKind {
     Emulated,
     /// Shared mapping of a file on disk: durable at [`Pmem::sync`] (msync).
     Msync,
-    /// [`crate::CrashPmem`], the test double.
+    /// `CrashPmem`, the test double (the `crash` feature).
     CrashSim,
 }
 

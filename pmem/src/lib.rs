@@ -8,11 +8,13 @@
 //!   flush and fence instructions so its speed is representative. It survives a process crash,
 //!   not a power cut.
 //! - **Msync**: a file on a real disk, durable when [`Pmem::sync`] runs msync.
-//! - **CrashSim** ([`CrashPmem`]): a test double that tracks what is not yet durable and, at a
-//!   simulated power cut, keeps an arbitrary subset of it at 8-byte granularity. Everything
-//!   that claims crash safety is tested against it.
+//! - **CrashSim** (`CrashPmem`, behind the `crash` feature that tests enable): a test double
+//!   that tracks what is not yet durable and, at a simulated power cut, keeps an arbitrary
+//!   subset of it at 8-byte granularity. Everything that claims crash safety is tested against
+//!   it.
 
 pub mod cpu;
+#[cfg(any(test, feature = "crash"))]
 mod crash;
 mod device;
 mod error;
@@ -21,6 +23,7 @@ mod map;
 pub mod persist;
 
 pub use cpu::{FlushInstr, flush_instr};
+#[cfg(any(test, feature = "crash"))]
 pub use crash::CrashPmem;
 pub use device::{Pmem, PmemKind};
 pub use error::PmemError;
