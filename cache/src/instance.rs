@@ -582,4 +582,6 @@ pub struct CacheBdevChannel {
     pub lane: poller::IoChannel<LaneChannel>,
     /// This thread's recent sequential streams (for the sequential cutoff).
     pub streams: crate::admission::Streams,
+    /// Parents whose origin child is in flight or waits for a bdev_io (stall reports).
+    pub at_origin: std::cell::Cell<u32>,
 }

@@ -54,6 +54,30 @@ const MISS_LEN: usize = 2;
 const MISS_VERSION: usize = 3;
 
 impl BdevChannelOps for CacheBdevChannel {
+    /// What this thread's cache I/O waits for: the origin, free segments (GC), key-set seals,
+    /// a FLUSH's walk over the lanes, and what writeback is doing.
+    fn stall_report(&self) -> Option<String> {
+        let cache = &self.cache;
+        let segs = cache.segments.counts();
+        let lane = &self.lane;
+        Some(format!(
+            "pcache {}: {} I/Os at the origin (in flight or waiting for a bdev_io), {} writes \
+             here waiting for free segments ({} in the cache; {} of {} segments in use, {} \
+             retiring), {} writes waiting for their key-set seal, {} FLUSHes waiting for the \
+             lanes; {}",
+            cache.name,
+            self.at_origin.get(),
+            lane.deferred.borrow().len(),
+            cache.gc.deferred(),
+            segs.used,
+            segs.total,
+            segs.retiring,
+            lane.awaiting_seal.borrow().len(),
+            lane.awaiting_flush.borrow().len(),
+            cache.wb.describe(),
+        ))
+    }
+
     fn submit_request(&self, mut io: BdevIo) {
         io.driver_ctx()[DONE] = 0;
         self.cache.wb.note_io(self.origin.now());
@@ -144,6 +168,9 @@ fn write_to_origin(ch: &CacheBdevChannel, io: BdevIo) {
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
     let flags = around_flags(&ch.cache, &io);
+    // (forward_with fails the parent itself on a refusal other than NoMemory, which a
+    // claimed origin of the same geometry never gives: the count would keep it.)
+    ch.to_origin();
     ch.origin
         .forward_with(io, flags, origin_write_done, retry_origin_write);
 }
@@ -175,9 +202,20 @@ impl CacheBdevChannel {
         if e.error == bdev::BdevError::NoMemory {
             self.origin.queue_io_wait(retry, IoCtx::Io(io));
         } else {
+            self.back_from_origin();
             Stats::add(&self.cache.stats.origin_errors, 1);
             io.fail(e.error.errno());
         }
+    }
+
+    /// A parent is handed to the origin (its child submitted or waiting for a bdev_io).
+    fn to_origin(&self) {
+        self.at_origin.set(self.at_origin.get() + 1);
+    }
+
+    /// A parent's origin child completed (or never will be submitted).
+    fn back_from_origin(&self) {
+        self.at_origin.set(self.at_origin.get().saturating_sub(1));
     }
 }
 
@@ -202,6 +240,7 @@ fn origin_done(child: BdevIo, ok: bool, ctx: IoCtx) -> Option<(BdevIo, Rc<CacheB
         io.fail(libc::ENODEV);
         return None;
     };
+    ch.back_from_origin();
     if !ok {
         Stats::add(&ch.cache.stats.origin_errors, 1);
         io.fail(match status {
@@ -483,6 +522,7 @@ fn read_continue(ch: &CacheBdevChannel, mut io: BdevIo) {
     ctx[MISS_LBA] = m;
     ctx[MISS_LEN] = u64::from(len);
     ctx[MISS_VERSION] = version;
+    ch.to_origin();
     read_miss(ch, io);
 }
 
@@ -500,6 +540,7 @@ fn read_miss(ch: &CacheBdevChannel, io: BdevIo) {
         (len * bs) as usize,
         &mut sub,
     ) else {
+        ch.back_from_origin();
         io.fail(libc::EINVAL);
         return;
     };
@@ -724,6 +765,11 @@ fn flush_origin(mut io: BdevIo) {
         return;
     }
     io.driver_ctx()[MISS_LBA] = at;
+    ch.to_origin();
+    submit_origin_flush(&ch, io);
+}
+
+fn submit_origin_flush(ch: &CacheBdevChannel, io: BdevIo) {
     let blocks = ch.origin.num_blocks();
     if let Err(e) = ch.origin.flush(0, blocks, origin_flush_done, IoCtx::Io(io)) {
         ch.refused(e, retry_flush_origin);
@@ -731,8 +777,8 @@ fn flush_origin(mut io: BdevIo) {
 }
 
 fn retry_flush_origin(ctx: IoCtx) {
-    if let Some((io, _)) = resumed(ctx) {
-        flush_origin(io);
+    if let Some((io, ch)) = resumed(ctx) {
+        submit_origin_flush(&ch, io);
     }
 }
 

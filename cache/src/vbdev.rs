@@ -73,6 +73,7 @@ impl BdevOps for PcacheOps {
             origin,
             lane,
             streams: Default::default(),
+            at_origin: Default::default(),
         }))
     }
 

@@ -86,6 +86,8 @@ pub struct WritebackShared {
     rate: AtomicU64,
     /// A for_each_channel seal walk, asked by the engine, has not come back yet.
     seal_walk: Arc<AtomicBool>,
+    /// The engine's step as it last published it (`Engine::publish`), for stall reports.
+    state: AtomicU64,
 }
 
 const NOTE_IO_EVERY_US: u64 = 1_000;
@@ -101,6 +103,38 @@ impl WritebackShared {
             unmap_lock: Mutex::new(()),
             rate: AtomicU64::new(0),
             seal_walk: Arc::new(AtomicBool::new(false)),
+            state: AtomicU64::new(0),
+        }
+    }
+
+    /// What the engine is doing, in words (the stall watchdog's report).
+    pub fn describe(&self) -> String {
+        let st = self.state.load(Ordering::Relaxed);
+        let (phase, waits, inflight) = ((st >> 40) as u8, (st >> 32) as u8, st as u32);
+        let doing = match phase {
+            1 => format!("writing a batch to the origin ({inflight} I/Os in flight)"),
+            2 => "retrying a batch after an origin error".to_string(),
+            3 => "flushing the origin".to_string(),
+            4 => "retrying an origin flush after an error".to_string(),
+            5 => "stopped".to_string(),
+            _ => "idle".to_string(),
+        };
+        let waiting: Vec<&str> = WAITS
+            .iter()
+            .filter(|w| waits & (1 << **w as u8) != 0)
+            .map(|w| match w {
+                Wait::Pieces => "its batch's writes",
+                Wait::Flush => "its origin flush",
+                Wait::Around => "the flush for writes around the cache",
+            })
+            .collect();
+        if waiting.is_empty() {
+            format!("writeback {doing}")
+        } else {
+            format!(
+                "writeback {doing}, waiting for an origin bdev_io for {}",
+                waiting.join(" and ")
+            )
         }
     }
 
@@ -246,6 +280,7 @@ pub fn start(cache: &Arc<Cache>) -> Result<(), String> {
     engine.borrow_mut().id = id;
     Poller::register("pcache_writeback", 0, move || {
         let status = engine.borrow_mut().poll();
+        engine.borrow().publish();
         status.unwrap_or_else(|| {
             // Stopped with nothing in flight: let go of everything.
             ENGINES.with(|e| {
@@ -384,6 +419,27 @@ struct Engine {
 const AROUND_FLUSH_US: u64 = 1_000;
 
 impl Engine {
+    /// Publishes the engine's step for [`WritebackShared::describe`].
+    fn publish(&self) {
+        let phase: u64 = match self.phase {
+            Phase::Idle => 0,
+            Phase::Writing => 1,
+            Phase::RetryWrite { .. } => 2,
+            Phase::Flushing => 3,
+            Phase::RetryFlush { .. } => 4,
+            Phase::Stopped => 5,
+        };
+        let waits = WAITS
+            .iter()
+            .filter(|w| self.waiting[**w as usize])
+            .fold(0u64, |m, w| m | 1 << *w as u8);
+        let inflight = self.inflight.min(u32::MAX as usize) as u64;
+        self.cache
+            .wb
+            .state
+            .store(phase << 40 | waits << 32 | inflight, Ordering::Relaxed);
+    }
+
     /// One poller run. None: stopped with nothing in flight (unregister).
     fn poll(&mut self) -> Option<PollStatus> {
         let now = Thread::current().map_or(0, |t| t.now());
@@ -1064,6 +1120,7 @@ fn resume(ctx: IoCtx) {
             }
         }
     }
+    e.publish();
 }
 
 fn around_flush_done(io: BdevIo, ok: bool, ctx: IoCtx) {
@@ -1110,6 +1167,7 @@ fn piece_done(io: BdevIo, ok: bool, ctx: IoCtx) {
         tracing::warn!(cache = %e.cache.name, "an origin I/O of writeback failed; it will be retried");
     }
     e.after_io();
+    e.publish();
 }
 
 /// `bdev_pcache_flush_start`: write back every key taken so far, ignoring the dirty target.
