@@ -1,5 +1,5 @@
-//! Every example config starts pcache_tgt, which logs its bdevs and exits 0 on SIGTERM; a bad
-//! config exits non-zero naming the entry.
+//! Every example config starts pcache_tgt, which logs its bdevs (as plain text into a file) and
+//! exits 0 on SIGTERM; a bad config exits non-zero naming the entry.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -111,6 +111,12 @@ fn the_demo_config_restarts_on_its_own_state() {
     std::fs::write(&config, &text).unwrap();
     let (code, log) = run_until_ready(&config, dir.path());
     assert_eq!(code, 0, "first start\n{log}");
+    // `./scripts/demo.sh > log 2>&1` must give plain text: stderr is not a terminal here.
+    assert!(log.contains(" INFO "), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "escape sequences in a log file:\n{log:?}"
+    );
     assert!(
         log.contains("cache formatted"),
         "first start formats\n{log}"

@@ -543,8 +543,8 @@ fn wait_for_io(sock: &Path, bdev: &str, counter: &str) {
 }
 
 /// Starts a 60 s run (with an RPC socket), waits until it is running I/O and has completed
-/// some, then sends `sig`; the output once it exited, which must be a success.
-fn signal_mid_run(env: &Env, args: &[&str], counter: &str, sig: libc::c_int) -> String {
+/// some, then sends `sig`: the run must end early, with its report, and succeed.
+fn signal_mid_run(env: &Env, args: &[&str], counter: &str, sig: libc::c_int) {
     let sock = env.path("rpc.sock");
     let mut a = vec!["-r", sock.to_str().unwrap(), "-t", "60"];
     a.extend_from_slice(args);
@@ -559,7 +559,11 @@ fn signal_mid_run(env: &Env, args: &[&str], counter: &str, sig: libc::c_int) -> 
         "bdevperf failed ({status}):\n{}",
         p.output()
     );
-    p.output().to_string()
+    assert!(
+        p.output().contains("Received shutdown signal"),
+        "{}",
+        p.output()
+    );
 }
 
 #[test]
@@ -578,8 +582,7 @@ fn a_signal_ends_the_run_with_a_report() {
         "--json-output",
         json.to_str().unwrap(),
     ];
-    let stdout = signal_mid_run(&env, &args, "num_read_ops", libc::SIGINT);
-    assert!(stdout.contains("Received shutdown signal"), "{stdout}");
+    signal_mid_run(&env, &args, "num_read_ops", libc::SIGINT);
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let j = job(&doc, 0);
     assert_eq!(j["status"], "terminated");
@@ -610,8 +613,7 @@ fn sigterm_with_writes_in_flight_shuts_down_cleanly_and_loses_no_completed_block
         "--json-output",
         json.to_str().unwrap(),
     ];
-    let stdout = signal_mid_run(&env, &args, "num_write_ops", libc::SIGTERM);
-    assert!(stdout.contains("Received shutdown signal"), "{stdout}");
+    signal_mid_run(&env, &args, "num_write_ops", libc::SIGTERM);
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(job(&doc, 0)["status"], "terminated");
     assert!(u(job(&doc, 0), "io_completed") > 0 || f(job(&doc, 0), "iops") > 0.0);

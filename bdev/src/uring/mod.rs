@@ -472,28 +472,28 @@ fn dio_align(f: &File) -> Option<(u32, u32)> {
 mod tests {
     use super::*;
 
-    fn delete_now(name: &str) {
-        let (tx, rx) = std::sync::mpsc::channel();
-        delete(name, move |r| tx.send(r).unwrap());
-        // No reactor thread here: the unregister (no descriptor open) completes inside `delete`.
-        rx.try_recv().unwrap().unwrap();
-    }
-
     #[test]
-    fn a_file_in_use_is_busy_until_its_bdev_is_deleted() {
+    fn a_second_bdev_on_a_file_is_busy_until_the_first_is_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk");
         File::create(&path).unwrap().set_len(1 << 20).unwrap();
         let file = path.to_str().unwrap();
-        create(rpc::UringCreateParams::new("LockUring0", file)).unwrap();
+        let first = create(rpc::UringCreateParams::new("LockUring0", file)).unwrap();
         let e = create(rpc::UringCreateParams::new("LockUring1", file)).unwrap_err();
-        assert_eq!(e.errno(), libc::EBUSY, "{e}");
-        let msg = e.to_string();
-        assert!(msg.contains(file) && msg.contains("in use"), "{msg}");
-        assert!(msg.contains(&std::process::id().to_string()), "{msg}");
+        assert_eq!(
+            (e.errno(), e.to_string()),
+            (
+                libc::EBUSY,
+                format!(
+                    "{file} is in use: this process (pid {}) already has it open",
+                    std::process::id()
+                )
+            )
+        );
+        // No reactor thread here: with no descriptor open the unregister completes at once.
+        first.unregister(|r| r.unwrap());
+        let second = create(rpc::UringCreateParams::new("LockUring1", file)).unwrap();
+        second.unregister(|r| r.unwrap());
         assert!(Bdev::lookup("LockUring1").is_none());
-        delete_now("LockUring0");
-        create(rpc::UringCreateParams::new("LockUring1", file)).unwrap();
-        delete_now("LockUring1");
     }
 }
