@@ -44,6 +44,7 @@
 //! Data allocations keep [`crate::segments::KEY_RESERVE`] segments back, so key-sets can still be
 //! sealed (and writeback and GC progress) when data has filled the cache.
 
+use crate::error::CacheError;
 use crate::format::{self, Key, KsetError, KsetId, LogPos, MAX_KSET_SIZE};
 use crate::index::Extent;
 use crate::instance::{Cache, LaneChannel, Stats};
@@ -137,7 +138,7 @@ impl GcShared {
 }
 
 /// Starts GC on the current thread (create calls it on the management thread).
-pub fn start(cache: &Arc<Cache>) -> Result<(), String> {
+pub fn start(cache: &Arc<Cache>) -> Result<(), CacheError> {
     let now = Thread::current().map_or(0, |t| t.now());
     let lanes = cache.lane_heads.lock().map(|h| h.len()).unwrap_or(0);
     let engine = Rc::new(RefCell::new(Engine {
@@ -165,7 +166,7 @@ pub fn start(cache: &Arc<Cache>) -> Result<(), String> {
             PollStatus::Idle
         })
     })
-    .ok_or("GC must start on an SPDK-style thread")?;
+    .ok_or(CacheError::NoThread("GC"))?;
     Ok(())
 }
 
@@ -287,12 +288,16 @@ impl Engine {
     }
 
     /// One round; returns the key-sets dropped.
-    fn round(&mut self, written_back: u64, tails: &[(LogPos, LogPos)]) -> Result<usize, String> {
+    fn round(
+        &mut self,
+        written_back: u64,
+        tails: &[(LogPos, LogPos)],
+    ) -> Result<usize, CacheError> {
         let cache = self.cache.clone();
         let heads: Vec<LogPos> = cache
             .lane_heads
             .lock()
-            .map_err(|_| "lane heads unavailable")?
+            .map_err(|_| CacheError::Damaged("lane heads unavailable".into()))?
             .iter()
             .map(|l| l.persisted_head())
             .collect();
@@ -313,7 +318,9 @@ impl Engine {
         for (lane, w) in self.windows.iter().enumerate() {
             let d = w.sets.iter().take_while(|s| s.max <= cut).count();
             if d == w.sets.len() && !w.reached_limit {
-                return Err(format!("lane {lane}: a cut past the end of the window"));
+                return Err(CacheError::Damaged(format!(
+                    "lane {lane}: a cut past the end of the window"
+                )));
             }
         }
         for (lane, w) in self.windows.iter().enumerate() {
@@ -401,7 +408,7 @@ impl Engine {
             if let Err(e) = meta.tails_slot.write(&*cache.pmem, payload) {
                 // The index no longer maps the dropped keys, but they stay in the log: nothing
                 // is retired, so nothing they name is reused (the space is simply not freed).
-                return Err(format!("persisting the key tails failed: {e}"));
+                return Err(e.into());
             }
             meta.tails = t;
         }
@@ -429,7 +436,7 @@ impl Engine {
         tail: LogPos,
         limit: LogPos,
         head: LogPos,
-    ) -> Result<(), String> {
+    ) -> Result<(), CacheError> {
         let cache = self.cache.clone();
         let mut w = std::mem::take(&mut self.windows[lane as usize]);
         w.sets.clear();
@@ -438,10 +445,9 @@ impl Engine {
         w.after = None;
         w.limit = limit;
         let mut pos = tail;
-        let mut gen_ = cache
-            .segments
-            .generation(pos.seg)
-            .ok_or_else(|| format!("lane {lane}: key tail in segment {}", pos.seg))?;
+        let mut gen_ = cache.segments.generation(pos.seg).ok_or_else(|| {
+            CacheError::Damaged(format!("lane {lane}: key tail in segment {}", pos.seg))
+        })?;
         let mut lane_seq: Option<u64> = None;
         let result = loop {
             let past_limit = w.reached_limit || pos == limit;
@@ -459,13 +465,13 @@ impl Engine {
             let n = (seg_size.saturating_sub(pos.off) as usize).min(self.kset_buf.len());
             let base = match cache.layout.segment_offset(pos.seg) {
                 Ok(b) => b,
-                Err(e) => break Err(e.to_string()),
+                Err(e) => break Err(e.into()),
             };
             if let Err(e) = cache
                 .pmem
                 .read(base + u64::from(pos.off), &mut self.kset_buf[..n])
             {
-                break Err(e.to_string());
+                break Err(e.into());
             }
             let seq = match lane_seq {
                 Some(s) => s,
@@ -473,7 +479,11 @@ impl Engine {
                     match format::KeySetHeader::decode(&self.kset_buf[..n.min(format::KSET_HEADER)])
                     {
                         Ok(h) => h.lane_seq,
-                        Err(e) => break Err(format!("lane {lane}: key-set at {pos:?}: {e}")),
+                        Err(e) => {
+                            break Err(CacheError::Damaged(format!(
+                                "lane {lane}: key-set at {pos:?}: {e}"
+                            )));
+                        }
                     }
                 }
             };
@@ -486,12 +496,14 @@ impl Engine {
             let view = match format::decode_kset(&self.kset_buf[..n], expect) {
                 Ok(v) => v,
                 Err(KsetError::End(r)) => {
-                    break Err(format!(
+                    break Err(CacheError::Damaged(format!(
                         "lane {lane}: no valid key-set at {}:{} before the persisted head ({r})",
                         pos.seg, pos.off
-                    ));
+                    )));
                 }
-                Err(KsetError::Corrupt(e)) => break Err(format!("lane {lane}: {e}")),
+                Err(KsetError::Corrupt(e)) => {
+                    break Err(CacheError::Damaged(format!("lane {lane}: {e}")));
+                }
             };
             lane_seq = Some(seq + 1);
             if let Some((next, next_gen)) = view.next_segment() {

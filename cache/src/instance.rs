@@ -1,6 +1,7 @@
 //! One cache instance: the state every thread shares (pmem, layout, index, segments, the global
 //! write sequence, counters) and the per-thread channel that owns a lane.
 
+use crate::error::CacheError;
 use crate::format::{CacheInfo, Key, Layout, SlotWriter, Tails};
 use crate::gc::GcShared;
 use crate::index::Index;
@@ -255,7 +256,7 @@ impl Cache {
     /// parameters (save_config) and the cache info on pmem. Leaving writeback starts a flush:
     /// the other modes write around the cache, so its dirty data must reach the origin (writes
     /// to blocks still dirty meanwhile keep going through the log, in order).
-    pub fn set_options(&self, o: &crate::params::SetOptionsParams) -> Result<(), String> {
+    pub fn set_options(&self, o: &crate::params::SetOptionsParams) -> Result<(), CacheError> {
         let mut p = self.params.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = p.clone();
         next.mode = o.mode.unwrap_or(next.mode);
@@ -277,9 +278,8 @@ impl Cache {
             info.writeback_target = u64::from(next.writeback_dirty_target) * 100;
             info.writeback_rate = next.writeback_rate_limit;
             let bytes = info.encode();
-            meta.info_slot
-                .write(&*self.pmem, &bytes)
-                .map_err(|e| format!("persisting the cache info failed: {e}"))?;
+            // A pmem failure answers with its own errno (EIO), not as a bad parameter.
+            meta.info_slot.write(&*self.pmem, &bytes)?;
             meta.info = info;
         }
         let leaving_writeback = p.mode == CacheMode::Writeback && next.mode != CacheMode::Writeback;
@@ -336,16 +336,19 @@ impl Cache {
     /// lane count grows by one) before any key-set is written there, so replay knows the lane
     /// from the moment it can hold keys. The tails lock orders it with writeback's and GC's
     /// tails updates, which keep the lanes they did not read.
-    fn add_lane(&self) -> Result<Lane, String> {
+    fn add_lane(&self) -> Result<Lane, CacheError> {
         let mut meta = self.meta();
         let lane = meta.tails.lanes().len();
         if lane >= crate::format::MAX_LANES {
-            return Err(format!("all {} lanes are in use", crate::format::MAX_LANES));
+            return Err(CacheError::NoLane(format!(
+                "all {} lanes are in use",
+                crate::format::MAX_LANES
+            )));
         }
         let (seg, gen_) = self
             .segments
             .alloc(crate::segments::SegUse::Key { lane: lane as u16 })
-            .ok_or("no free segment for a new lane's key log")?;
+            .ok_or_else(|| CacheError::NoLane("no free segment for a new lane's key log".into()))?;
         let start = crate::format::LogPos { seg, off: 0 };
         let mut lanes = meta.tails.lanes().to_vec();
         lanes.push(crate::format::LaneTails {
@@ -364,7 +367,7 @@ impl Cache {
             Err(e) => {
                 // Nothing names the segment: it goes back through retirement.
                 self.segments.retire(seg);
-                return Err(format!("recording a new lane failed: {e}"));
+                return Err(e.into());
             }
         };
         meta.tails = tails;

@@ -8,6 +8,7 @@
 #![recursion_limit = "256"]
 
 pub mod admission;
+pub mod error;
 pub mod format;
 pub mod gc;
 pub mod index;
@@ -21,3 +22,5 @@ pub mod rpc;
 pub mod segments;
 pub mod vbdev;
 pub mod writeback;
+
+pub use error::CacheError;

@@ -83,6 +83,15 @@ pub enum LogError {
     Full(u32),
 }
 
+impl LogError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            LogError::Format(e) => e.errno(),
+            LogError::Full(_) => libc::ENOSPC,
+        }
+    }
+}
+
 /// The device-wide things a lane needs to write its log.
 pub struct LogCtx<'a> {
     pub pmem: &'a dyn Pmem,

@@ -1,7 +1,12 @@
 //! The cache's parameters as `bdev_pcache_create` and `bdev_pcache_set_options` take them, and the
 //! modes. Names follow SPDK's conventions (snake_case, sizes in bytes, rates per second).
 
+use crate::error::CacheError;
 use serde::{Deserialize, Serialize};
+
+fn invalid(msg: impl Into<String>) -> CacheError {
+    CacheError::InvalidParam(msg.into())
+}
 
 /// How writes and read misses use the cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,20 +116,20 @@ fn is_false(b: &bool) -> bool {
 
 impl CreateParams {
     /// Checks ranges that serde cannot; the message names the parameter.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), CacheError> {
         if self.name.is_empty() {
-            return Err("name must not be empty".into());
+            return Err(invalid("name must not be empty"));
         }
         if self.force && !self.format {
-            return Err("force applies only with format".into());
+            return Err(invalid("force applies only with format"));
         }
         check_gc_percent(self.gc_percent)?;
         if !self.segment_size.is_power_of_two() || !(1 << 20..=1 << 30).contains(&self.segment_size)
         {
-            return Err(format!(
+            return Err(invalid(format!(
                 "segment_size {} is not a power of two between 1 MiB and 1 GiB",
                 self.segment_size
-            ));
+            )));
         }
         self.tunables().check()
     }
@@ -140,20 +145,20 @@ impl CreateParams {
 }
 
 impl Tunables {
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), CacheError> {
         if self.writeback_dirty_target > 100 {
-            return Err(format!(
+            return Err(invalid(format!(
                 "writeback_dirty_target {} is over 100",
                 self.writeback_dirty_target
-            ));
+            )));
         }
         Ok(())
     }
 }
 
-pub fn check_gc_percent(p: u32) -> Result<(), String> {
+pub fn check_gc_percent(p: u32) -> Result<(), CacheError> {
     if p > MAX_GC_PERCENT {
-        return Err(format!("gc_percent {p} is over {MAX_GC_PERCENT}"));
+        return Err(invalid(format!("gc_percent {p} is over {MAX_GC_PERCENT}")));
     }
     Ok(())
 }
@@ -208,7 +213,7 @@ mod tests {
                 .extend(extra.as_object().unwrap().clone());
             match serde_json::from_value::<CreateParams>(v) {
                 Err(e) => e.to_string(),
-                Ok(p) => p.check().unwrap_err(),
+                Ok(p) => p.check().unwrap_err().to_string(),
             }
         };
         assert!(bad(json!({"gc_percent": 91})).contains("gc_percent"));

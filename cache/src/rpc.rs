@@ -1,5 +1,6 @@
 //! `bdev_pcache_*` RPC methods: decode, act, answer.
 
+use crate::error::CacheError;
 use crate::instance::Cache;
 use crate::params::{CreateParams, SetOptionsParams};
 use bdev::Bdev;
@@ -114,13 +115,23 @@ pub fn stats_json(cache: &Cache) -> Value {
     })
 }
 
+/// A failed method's answer: -errno and what was wrong (logged too).
+fn answer_error(e: CacheError) -> RpcError {
+    tracing::error!("{e}");
+    e.into()
+}
+
 pub fn register_rpcs() {
     crate::vbdev::register_module();
     rpc::register(
         "bdev_pcache_create",
         StateMask::RUNTIME,
         |p: CreateParams, r: Responder| {
-            bdev::rpc::answer(r, crate::vbdev::create(p).map(|b| b.name().to_string()))
+            r.result(
+                crate::vbdev::create(p)
+                    .map(|b| json!(b.name()))
+                    .map_err(answer_error),
+            )
         },
     );
     rpc::register(
@@ -152,7 +163,7 @@ pub fn register_rpcs() {
             r.result(cache_named(&p.name).and_then(|c| {
                 c.set_options(&p)
                     .map(|()| json!(true))
-                    .map_err(|m| RpcError::errno_msg(libc::EINVAL, m))
+                    .map_err(answer_error)
             }))
         },
     );

@@ -1,6 +1,7 @@
 //! The pcache bdev: creation (format or reattach with replay), the bdev operations, clean shutdown
 //! at delete, and its place in save_config.
 
+use crate::error::CacheError;
 use crate::format::{self, CacheInfo, FormatError, FormatParams, LogPos, OriginId, SlotWriter};
 use crate::index::{Index, IndexConfig};
 use crate::instance::{Cache, CacheBdevChannel, MetaWriter};
@@ -148,14 +149,6 @@ fn shutdown(cache: &Cache) {
     tracing::info!(cache = %cache.name, "pcache stopped cleanly");
 }
 
-fn err(errno: i32, msg: impl Into<String>) -> BdevError {
-    BdevError::io(errno, msg)
-}
-
-fn fmt_err(e: FormatError) -> BdevError {
-    err(e.errno(), e.to_string())
-}
-
 /// A segment size the cache can hold at least 32 of (never below 1 MiB, never above the asked one).
 fn fitting_segment_size(device: u64, asked: u32) -> u32 {
     let mut s = asked;
@@ -167,15 +160,15 @@ fn fitting_segment_size(device: u64, asked: u32) -> u32 {
 
 /// `bdev_pcache_create`: claims the cache (a pmem bdev) and the origin, formats the cache or
 /// reattaches to it (replaying its log), and registers the pcache bdev.
-pub fn create(params: CreateParams) -> Result<Bdev, BdevError> {
-    params.check().map_err(BdevError::invalid)?;
+pub fn create(params: CreateParams) -> Result<Bdev, CacheError> {
+    params.check()?;
     if Bdev::lookup(&params.name).is_some() {
-        return Err(BdevError::Exists(params.name.clone()));
+        return Err(BdevError::Exists(params.name.clone()).into());
     }
     let cache_bdev = Bdev::lookup(&params.cache_bdev)
         .ok_or_else(|| BdevError::NoSuchDevice(params.cache_bdev.clone()))?;
     let pmem = bdev::pmem::pmem_of(&cache_bdev).ok_or_else(|| {
-        BdevError::invalid(format!(
+        CacheError::InvalidParam(format!(
             "cache_bdev {} is not a pmem bdev",
             params.cache_bdev
         ))
@@ -188,7 +181,7 @@ pub fn create(params: CreateParams) -> Result<Bdev, BdevError> {
         block_size: origin_bdev.block_size(),
     };
     if origin.block_size > format::MAX_BLOCK_SIZE {
-        return Err(BdevError::invalid(format!(
+        return Err(CacheError::InvalidParam(format!(
             "origin block size {} is over 4096",
             origin.block_size
         )));
@@ -221,11 +214,11 @@ pub fn create(params: CreateParams) -> Result<Bdev, BdevError> {
     *cache.origin_desc.lock().unwrap_or_else(|p| p.into_inner()) = Some(origin_desc);
     *cache.cache_desc.lock().unwrap_or_else(|p| p.into_inner()) = Some(cache_desc);
     // Writeback runs on this (the management) thread until shutdown stops it.
-    crate::writeback::start(&cache).map_err(|e| err(libc::ENOMEM, e))?;
+    crate::writeback::start(&cache)?;
     // GC too; both stop at shutdown (`WritebackShared::stop`).
     if let Err(e) = crate::gc::start(&cache) {
         cache.wb.stop();
-        return Err(err(libc::ENOMEM, e));
+        return Err(e);
     }
     // Reattached in a mode that writes around the cache: what is still dirty must be cleaned.
     if params.mode != crate::params::CacheMode::Writeback && cache.index.stats().dirty_blocks > 0 {
@@ -241,7 +234,7 @@ pub fn create(params: CreateParams) -> Result<Bdev, BdevError> {
             .unwrap_or_else(|| uuid::Uuid::new_v5(&UUID_NAMESPACE, origin.uuid.as_bytes())),
     );
     props.write_cache = !params.durable;
-    Bdev::register(props, Arc::new(PcacheOps { cache }))
+    Ok(Bdev::register(props, Arc::new(PcacheOps { cache }))?)
 }
 
 /// Formats (when asked, or when the device holds no cache) or opens and replays.
@@ -250,7 +243,7 @@ fn attach(
     pmem: Arc<dyn pmem::Pmem>,
     origin: OriginId,
     origin_name: &str,
-) -> Result<Arc<Cache>, BdevError> {
+) -> Result<Arc<Cache>, CacheError> {
     let opened = if params.format {
         refuse_losing_dirty_data(params, &*pmem, &origin)?;
         None
@@ -259,12 +252,15 @@ fn attach(
             Ok(m) => Some(m),
             Err(FormatError::NotFormatted) => None,
             Err(FormatError::OriginMismatch { on_media, given }) => {
-                return Err(err(
-                    libc::EINVAL,
-                    mismatch_message(params, origin_name, &on_media, &given, &*pmem),
-                ));
+                return Err(CacheError::OriginMismatch(mismatch_message(
+                    params,
+                    origin_name,
+                    &on_media,
+                    &given,
+                    &*pmem,
+                )));
             }
-            Err(e) => return Err(fmt_err(e)),
+            Err(e) => return Err(e.into()),
         }
     };
     let meta = match opened {
@@ -273,30 +269,23 @@ fn attach(
             let mut fp = FormatParams::new(uuid::Uuid::new_v4(), origin, FORMAT_LANES);
             fp.segment_size = fitting_segment_size(pmem.len(), params.segment_size);
             fp.info = info_from(params);
-            format::format(&*pmem, &fp).map_err(fmt_err)?;
+            format::format(&*pmem, &fp)?;
             tracing::info!(pcache = %params.name, segment_size = fp.segment_size, "cache formatted");
-            format::open(&*pmem, &origin).map_err(fmt_err)?
+            format::open(&*pmem, &origin)?
         }
     };
     if meta.read_only {
-        return Err(err(
-            libc::EROFS,
-            "the cache was written by a newer pcache (read-only features)",
-        ));
+        return Err(CacheError::ReadOnly);
     }
     let layout = meta.layout;
-    let index = Index::new(IndexConfig::for_origin(layout.block_size(), origin.blocks))
-        .map_err(|e| err(libc::EINVAL, e.to_string()))?;
+    let index = Index::new(IndexConfig::for_origin(layout.block_size(), origin.blocks))?;
     let segments = SegmentTable::new(meta.gens.clone());
     let format_id = meta.superblock.format_id;
     if meta.info.has(CacheInfo::DATA_CRC) != params.data_crc {
-        return Err(err(
-            libc::EINVAL,
-            format!(
-                "the cache was created with data_crc {}; reattach with the same setting or pass \"format\": true",
-                meta.info.has(CacheInfo::DATA_CRC)
-            ),
-        ));
+        return Err(CacheError::InvalidParam(format!(
+            "the cache was created with data_crc {}; reattach with the same setting or pass \"format\": true",
+            meta.info.has(CacheInfo::DATA_CRC)
+        )));
     }
     let (lanes, next_seq) = lanes_after_replay(&*pmem, &meta, &index, &segments, &params.name)?;
     let lanes = lanes
@@ -309,7 +298,7 @@ fn attach(
     // first write after this start makes the cache dirty again, so the clean flag goes now.
     let info = info_from(params);
     let mut info_slot: SlotWriter = meta.info_slot;
-    info_slot.write(&*pmem, &info.encode()).map_err(fmt_err)?;
+    info_slot.write(&*pmem, &info.encode())?;
     let writer = MetaWriter {
         info,
         info_slot,
@@ -338,15 +327,14 @@ fn attach(
 
 /// Dirty bytes the cache on `pmem` holds for the origin it was formatted for (`recorded`): its
 /// log replayed into a scratch index.
-fn dirty_bytes_for(pmem: &dyn pmem::Pmem, recorded: &OriginId) -> Result<u64, String> {
-    let meta = format::open(pmem, recorded).map_err(|e| e.to_string())?;
+fn dirty_bytes_for(pmem: &dyn pmem::Pmem, recorded: &OriginId) -> Result<u64, CacheError> {
+    let meta = format::open(pmem, recorded)?;
     let index = Index::new(IndexConfig::for_origin(
         meta.layout.block_size(),
         recorded.blocks,
-    ))
-    .map_err(|e| e.to_string())?;
+    ))?;
     let segments = SegmentTable::new(meta.gens.clone());
-    let r = crate::replay::replay(pmem, &meta, &index, &segments).map_err(|e| e.to_string())?;
+    let r = crate::replay::replay(pmem, &meta, &index, &segments)?;
     Ok(r.dirty_blocks * u64::from(meta.layout.block_size()))
 }
 
@@ -356,7 +344,7 @@ fn refuse_losing_dirty_data(
     params: &CreateParams,
     pmem: &dyn pmem::Pmem,
     origin: &OriginId,
-) -> Result<(), BdevError> {
+) -> Result<(), CacheError> {
     if params.force {
         return Ok(());
     }
@@ -370,15 +358,12 @@ fn refuse_losing_dirty_data(
         Ok(n) => format!("it holds {n} dirty bytes for {recorded}"),
         Err(e) => format!("how much dirty data it holds for {recorded} cannot be read ({e})"),
     };
-    Err(err(
-        libc::EBUSY,
-        format!(
-            "refusing to format {}: {why}, written but not yet on that origin; they are lost if \
+    Err(CacheError::DirtyData(format!(
+        "refusing to format {}: {why}, written but not yet on that origin; they are lost if \
              it is formatted. Reattach to that origin to write them back (bdev_pcache_flush_start), \
              or pass \"force\": true with \"format\": true to drop them",
-            params.cache_bdev
-        ),
-    ))
+        params.cache_bdev
+    )))
 }
 
 /// The answer when the cache was formatted for another origin: what it recorded, what it still
@@ -435,9 +420,8 @@ fn lanes_after_replay(
     index: &Index,
     segments: &SegmentTable,
     name: &str,
-) -> Result<(Vec<LaneStart>, u64), BdevError> {
-    let r = crate::replay::replay(pmem, meta, index, segments)
-        .map_err(|e| err(e.errno(), e.to_string()))?;
+) -> Result<(Vec<LaneStart>, u64), CacheError> {
+    let r = crate::replay::replay(pmem, meta, index, segments)?;
     tracing::info!(
         pcache = %name,
         keys = r.keys,

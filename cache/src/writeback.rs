@@ -47,6 +47,7 @@
 //! every mode: after a batch of n bytes the next waits at least n / limit seconds. (bcache adds an
 //! integral term; with whole batches as the unit of work a proportional term was enough so far.)
 
+use crate::error::CacheError;
 use crate::format::{self, Key, KsetError, KsetId, LogPos, MAX_KSET_SIZE};
 use crate::instance::{Cache, Stats};
 use crate::segments::cache_pos;
@@ -229,17 +230,16 @@ pub fn batch_interval_us(t: &Throttle) -> u64 {
 }
 
 /// Starts the engine on the current thread (create calls it on the management thread).
-pub fn start(cache: &Arc<Cache>) -> Result<(), String> {
+pub fn start(cache: &Arc<Cache>) -> Result<(), CacheError> {
     let origin = {
         let d = cache.origin_desc.lock().unwrap_or_else(|p| p.into_inner());
         d.as_ref()
-            .ok_or("the origin is not open")?
-            .get_io_channel()
-            .map_err(|e| format!("no origin channel for writeback: {e}"))?
+            .ok_or(BdevError::NoSuchDevice(format!("{} (origin)", cache.name)))?
+            .get_io_channel()?
     };
     let bs = cache.block_size as usize;
     let cap = BATCH_BYTES.max(crate::index::MAX_KEY_BLOCKS as usize * bs);
-    let bounce = DmaBuf::new(cap, 4096).ok_or("no memory for the writeback buffer")?;
+    let bounce = DmaBuf::new(cap, 4096).ok_or(CacheError::NoMemory("the writeback buffer"))?;
     let now = Thread::current().map_or(0, |t| t.now());
     cache.wb.last_io_tick.store(now, Ordering::Relaxed);
     let lanes = cache.lane_heads.lock().map(|h| h.len()).unwrap_or(0);
@@ -294,7 +294,7 @@ pub fn start(cache: &Arc<Cache>) -> Result<(), String> {
             PollStatus::Idle
         })
     })
-    .ok_or("writeback must start on an SPDK-style thread")?;
+    .ok_or(CacheError::NoThread("writeback"))?;
     Ok(())
 }
 
@@ -543,13 +543,13 @@ impl Engine {
     }
 
     /// Fills `batch` with the next keys to write back and sets `covered` and `dirty_tails`.
-    fn gather(&mut self, written_back: u64) -> Result<(), String> {
+    fn gather(&mut self, written_back: u64) -> Result<(), CacheError> {
         self.batch.clear();
         self.covered = written_back;
         let s = self.durable_bound();
         let heads: Vec<LogPos> = match self.cache.lane_heads.lock() {
             Ok(h) => h.iter().map(|l| l.persisted_head()).collect(),
-            Err(_) => return Err("lane heads unavailable".into()),
+            Err(_) => return Err(CacheError::Damaged("lane heads unavailable".into())),
         };
         let tails: Vec<LogPos> = self
             .cache
@@ -561,11 +561,9 @@ impl Engine {
             .collect();
         self.cursors.clear();
         for (lane, (&tail, &head)) in (0u32..).zip(tails.iter().zip(&heads)) {
-            let gen_ = self
-                .cache
-                .segments
-                .generation(tail.seg)
-                .ok_or_else(|| format!("lane {lane}: dirty tail in segment {}", tail.seg))?;
+            let gen_ = self.cache.segments.generation(tail.seg).ok_or_else(|| {
+                CacheError::Damaged(format!("lane {lane}: dirty tail in segment {}", tail.seg))
+            })?;
             self.cursors.push(Cursor {
                 lane,
                 pos: tail,
@@ -683,7 +681,7 @@ impl Engine {
     }
 
     /// Reads key-sets into cursor `i` until it has a key or reaches its head.
-    fn fill(&mut self, i: usize, budget: &mut usize) -> Result<(), String> {
+    fn fill(&mut self, i: usize, budget: &mut usize) -> Result<(), CacheError> {
         let cache = self.cache.clone();
         let c = &mut self.cursors[i];
         while c.next >= c.keys.len() && c.pos != c.head {
@@ -694,19 +692,17 @@ impl Engine {
             let seg_size = cache.layout.segment_size();
             let room = seg_size.saturating_sub(c.pos.off) as usize;
             let n = room.min(self.kset_buf.len());
-            let base = cache
-                .layout
-                .segment_offset(c.pos.seg)
-                .map_err(|e| e.to_string())?;
+            let base = cache.layout.segment_offset(c.pos.seg)?;
             cache
                 .pmem
-                .read(base + u64::from(c.pos.off), &mut self.kset_buf[..n])
-                .map_err(|e| e.to_string())?;
+                .read(base + u64::from(c.pos.off), &mut self.kset_buf[..n])?;
             let lane_seq = match c.lane_seq {
                 Some(s) => s,
                 None => format::KeySetHeader::decode(&self.kset_buf[..n.min(format::KSET_HEADER)])
                     .map(|h| h.lane_seq)
-                    .map_err(|e| format!("lane {}: key-set at {:?}: {e}", c.lane, c.pos))?,
+                    .map_err(|e| {
+                        CacheError::Damaged(format!("lane {}: key-set at {:?}: {e}", c.lane, c.pos))
+                    })?,
             };
             let expect = KsetId {
                 format_id: cache.format_id,
@@ -714,12 +710,14 @@ impl Engine {
                 lane_seq,
                 seg_gen: c.gen_,
             };
-            let view = format::decode_kset(&self.kset_buf[..n], expect).map_err(|e| match e {
-                KsetError::End(r) => format!(
-                    "lane {}: no valid key-set at {}:{} before the persisted head ({r})",
-                    c.lane, c.pos.seg, c.pos.off
-                ),
-                KsetError::Corrupt(e) => format!("lane {}: {e}", c.lane),
+            let view = format::decode_kset(&self.kset_buf[..n], expect).map_err(|e| {
+                CacheError::Damaged(match e {
+                    KsetError::End(r) => format!(
+                        "lane {}: no valid key-set at {}:{} before the persisted head ({r})",
+                        c.lane, c.pos.seg, c.pos.off
+                    ),
+                    KsetError::Corrupt(e) => format!("lane {}: {e}", c.lane),
+                })
             })?;
             c.lane_seq = Some(lane_seq + 1);
             if let Some((next, next_gen)) = view.next_segment() {
@@ -1038,14 +1036,17 @@ impl Engine {
 
 /// Checks a data key's segment and crc; its data stays in place on a mapped cache, else it is
 /// copied into the bounce buffer (and checked there).
-fn load(cache: &Cache, bounce: &mut DmaBuf, t: &Taken) -> Result<Src, String> {
+fn load(cache: &Cache, bounce: &mut DmaBuf, t: &Taken) -> Result<Src, CacheError> {
     let k = &t.key;
     if cache.segments.generation(k.data_seg) != Some(k.data_gen) {
-        return Err(format!("its segment {} was reclaimed", k.data_seg));
+        return Err(CacheError::Damaged(format!(
+            "its segment {} was reclaimed",
+            k.data_seg
+        )));
     }
     let n = k.len as usize * cache.block_size as usize;
     let at = cache.pos_offset(cache_pos(&cache.layout, k.data_seg, k.data_off));
-    let crc_fails = || Err("its data fails its crc".to_string());
+    let crc_fails = || Err(CacheError::Damaged("its data fails its crc".into()));
     if cache.pmem.as_ptr().is_some() {
         if cache.data_crc && !crate::io::crc_matches(cache, at, n as u64, k.data_crc) {
             return crc_fails();
@@ -1055,8 +1056,8 @@ fn load(cache: &Cache, bounce: &mut DmaBuf, t: &Taken) -> Result<Src, String> {
     let dst = bounce
         .as_mut_slice()
         .get_mut(t.bounce_off..t.bounce_off + n)
-        .ok_or("the key does not fit the writeback buffer")?;
-    cache.pmem.read(at, dst).map_err(|e| e.to_string())?;
+        .ok_or_else(|| CacheError::Damaged("the key does not fit the writeback buffer".into()))?;
+    cache.pmem.read(at, dst)?;
     if cache.data_crc && crc32c::crc32c(dst) != k.data_crc {
         return crc_fails();
     }

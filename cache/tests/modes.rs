@@ -345,7 +345,9 @@ fn set_options_checks_values_and_reset_stats_zeroes_counters() {
             .unwrap()
             .extend(v.as_object().unwrap().clone());
         let o: SetOptionsParams = serde_json::from_value(o).unwrap();
-        e.cache.set_options(&o).unwrap_err()
+        let err = e.cache.set_options(&o).unwrap_err();
+        assert_eq!(err.errno(), libc::EINVAL, "{err}");
+        err.to_string()
     };
     assert!(bad(serde_json::json!({"gc_percent": 91})).contains("gc_percent"));
     assert!(

@@ -316,6 +316,92 @@ fn an_empty_cache_holds_no_data_and_lanes_take_key_space_only_when_used() {
     unregister(&h, Bdev::lookup("oc_pmem").unwrap());
 }
 
+/// Pmem whose writes can be made to fail (EIO), to see errnos reach the answer.
+struct Flaky {
+    inner: PmemFile,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl Flaky {
+    fn check(&self) -> Result<(), pmem::PmemError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(pmem::PmemError::Io {
+                what: "write".into(),
+                source: std::io::Error::from_raw_os_error(libc::EIO),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Pmem for Flaky {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn kind(&self) -> pmem::PmemKind {
+        self.inner.kind()
+    }
+    fn write(&self, off: u64, src: &[u8]) -> Result<(), pmem::PmemError> {
+        self.check()?;
+        self.inner.write(off, src)
+    }
+    fn write_nt(&self, off: u64, src: &[u8]) -> Result<(), pmem::PmemError> {
+        self.check()?;
+        self.inner.write_nt(off, src)
+    }
+    fn read(&self, off: u64, dst: &mut [u8]) -> Result<(), pmem::PmemError> {
+        self.inner.read(off, dst)
+    }
+    fn flush(&self, off: u64, len: u64) -> Result<(), pmem::PmemError> {
+        self.inner.flush(off, len)
+    }
+    fn fence(&self) {
+        self.inner.fence()
+    }
+    fn sync(&self) -> Result<(), pmem::PmemError> {
+        self.inner.sync()
+    }
+    fn as_ptr(&self) -> Option<*mut u8> {
+        None
+    }
+}
+
+#[test]
+fn set_options_answers_a_pmem_failure_with_its_errno() {
+    let h = Harness::new(1);
+    let flaky = Arc::new(Flaky {
+        inner: PmemFile::anonymous(64 << 20).unwrap(),
+        fail: Default::default(),
+    });
+    let pm: Arc<dyn Pmem> = flaky.clone();
+    bdev::pmem::create_with("fk_pmem", pm, 4096).unwrap();
+    let origin = malloc::create(MallocCreateParams::new("fk_origin", 1024, 4096)).unwrap();
+    let pc = h.run_on(0, || {
+        cache::vbdev::create(params("fk_cache", "fk_pmem", "fk_origin")).unwrap()
+    });
+    let c = cache::vbdev::cache_of(&pc).unwrap();
+    flaky.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let o: cache::params::SetOptionsParams =
+        serde_json::from_value(serde_json::json!({"name": "fk_cache", "mode": "writethrough"}))
+            .unwrap();
+    let e = c.set_options(&o).unwrap_err();
+    assert_eq!(e.errno(), libc::EIO, "the pmem's errno, not EINVAL: {e}");
+    let answer = rpc::RpcError::from(e);
+    assert_eq!(answer.code(), -libc::EIO, "{answer}");
+    assert_eq!(
+        c.mode(),
+        cache::params::CacheMode::Writeback,
+        "nothing changed"
+    );
+    flaky.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    c.set_options(&o).unwrap();
+    assert_eq!(c.mode(), cache::params::CacheMode::Writethrough);
+    drop(c);
+    unregister(&h, pc);
+    unregister(&h, origin);
+    unregister(&h, Bdev::lookup("fk_pmem").unwrap());
+}
+
 #[test]
 fn flipped_bytes_in_pmem_are_never_returned_as_data() {
     let h = Harness::new(1);

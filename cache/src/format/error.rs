@@ -4,6 +4,38 @@ use pmem::PmemError;
 
 use super::superblock::OriginId;
 
+/// A rule of the format that a structure breaks, in words. Where the structure came from says
+/// which error it is: [`FormatError::Corrupt`] when it was read from the media,
+/// [`FormatError::Invalid`] when a caller handed it in (so the errno is chosen there, once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broken(pub String);
+
+impl From<&str> for Broken {
+    fn from(why: &str) -> Self {
+        Broken(why.to_string())
+    }
+}
+
+impl From<Broken> for String {
+    fn from(b: Broken) -> Self {
+        b.0
+    }
+}
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `Broken(format!(..))`.
+macro_rules! broken {
+    ($($arg:tt)*) => {
+        $crate::format::error::Broken(format!($($arg)*))
+    };
+}
+pub(crate) use broken;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     /// A parameter given by the caller is out of range (EINVAL).

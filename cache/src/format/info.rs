@@ -1,7 +1,7 @@
 //! The cache info record: the cache's settings, kept in a dual slot.
 
 use super::bytes::Fields;
-use super::error::FormatError;
+use super::error::{Broken, FormatError, broken};
 
 /// Bytes of the cache info payload this version writes (slot offsets 16 … 56).
 pub const INFO_PAYLOAD_LEN: usize = 40;
@@ -136,22 +136,22 @@ impl CacheInfo {
     }
 
     /// The value rules; `Err` says which is broken.
-    pub(crate) fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), Broken> {
         if self.flags & !Self::KNOWN_FLAGS != 0 {
-            return Err(format!(
+            return Err(broken!(
                 "unknown flags {:#x}",
                 self.flags & !Self::KNOWN_FLAGS
             ));
         }
         if self.gc_percent > Self::MAX_GC_PERCENT {
-            return Err(format!(
+            return Err(broken!(
                 "gc_percent {} above {}",
                 self.gc_percent,
                 Self::MAX_GC_PERCENT
             ));
         }
         if self.writeback_target > Self::MAX_WRITEBACK_TARGET {
-            return Err(format!(
+            return Err(broken!(
                 "writeback target {} above {} (100 %)",
                 self.writeback_target,
                 Self::MAX_WRITEBACK_TARGET

@@ -1,7 +1,7 @@
 //! The 40-byte on-media key: an origin range and where its data lies in the cache.
 
 use super::bytes::Fields;
-use super::error::FormatError;
+use super::error::{Broken, FormatError, broken};
 use super::layout::Layout;
 
 pub const KEY_SIZE: usize = 40;
@@ -88,9 +88,9 @@ impl Key {
     }
 
     /// The rules that need no geometry; `Err` says which is broken.
-    pub(crate) fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), Broken> {
         if self.flags & !Self::KNOWN_FLAGS != 0 {
-            return Err(format!(
+            return Err(broken!(
                 "unknown flags {:#x}",
                 self.flags & !Self::KNOWN_FLAGS
             ));
@@ -102,9 +102,10 @@ impl Key {
             return Err("length 0".into());
         }
         if self.origin_off.checked_add(u64::from(self.len)).is_none() {
-            return Err(format!(
+            return Err(broken!(
                 "origin range {}+{} overflows",
-                self.origin_off, self.len
+                self.origin_off,
+                self.len
             ));
         }
         let data = (self.data_off, self.data_seg, self.data_gen, self.data_crc);

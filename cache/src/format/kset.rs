@@ -4,7 +4,7 @@
 //! allocates, as both run on the data path.
 
 use super::bytes::{Fields, crc_skip_slice, zero_from};
-use super::error::{FormatError, KsetEnd, KsetError};
+use super::error::{Broken, FormatError, KsetEnd, KsetError, broken};
 use super::key::{KEY_SIZE, Key};
 use super::layout::Layout;
 use super::tails::MAX_LANES;
@@ -125,23 +125,23 @@ impl KeySetHeader {
     }
 
     /// The field rules, and reserved bytes zero; `Err` says which is broken.
-    fn check_bytes(&self, b: &[u8; KSET_HEADER]) -> Result<(), String> {
+    fn check_bytes(&self, b: &[u8; KSET_HEADER]) -> Result<(), Broken> {
         if !zero_from(b, RESERVED) {
             return Err("reserved bytes are not zero".into());
         }
         self.check()
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), Broken> {
         if self.flags & !KSET_LAST != 0 {
-            return Err(format!("unknown flags {:#x}", self.flags & !KSET_LAST));
+            return Err(broken!("unknown flags {:#x}", self.flags & !KSET_LAST));
         }
         if usize::from(self.count) > MAX_KEYS_PER_KSET {
-            return Err(format!("{} keys, at most {MAX_KEYS_PER_KSET}", self.count));
+            return Err(broken!("{} keys, at most {MAX_KEYS_PER_KSET}", self.count));
         }
         if self.is_last() {
             if self.count != 0 {
-                return Err(format!("LAST key-set with {} keys", self.count));
+                return Err(broken!("LAST key-set with {} keys", self.count));
             }
             if self.next_gen == 0 {
                 return Err("LAST key-set names generation 0".into());
@@ -158,7 +158,7 @@ impl KeySetHeader {
             return Err("segment generation 0".into());
         }
         if self.lane >= MAX_LANES as u32 {
-            return Err(format!("lane {}, at most {}", self.lane, MAX_LANES - 1));
+            return Err(broken!("lane {}, at most {}", self.lane, MAX_LANES - 1));
         }
         if self.lane_seq == 0 {
             return Err("lane sequence 0".into());
@@ -311,7 +311,7 @@ pub fn decode_kset(bytes: &[u8], expect: KsetExpect) -> Result<KeySetView<'_>, K
             format!("lane {} sequence {}: {why}", header.lane, header.lane_seq),
         ))
     };
-    header.check_bytes(h).map_err(corrupt)?;
+    header.check_bytes(h).map_err(|b| corrupt(b.0))?;
     let keys_len = count.saturating_mul(KEY_SIZE);
     let (raw, padding) = whole
         .get(KSET_HEADER..)

@@ -1,7 +1,7 @@
 //! Where the regions of a cache device lie (docs/format.md, "Regions").
 
 use super::bytes::round_up;
-use super::error::FormatError;
+use super::error::{Broken, FormatError, broken};
 use super::generation::GEN_ENTRY_SIZE;
 
 pub const SB_OFFSET: u64 = 0;
@@ -172,20 +172,20 @@ impl Layout {
 }
 
 /// Segment and block size rules; `Err` says why not.
-pub(crate) fn check_sizes(segment_size: u32, block_size: u32) -> Result<(), String> {
+pub(crate) fn check_sizes(segment_size: u32, block_size: u32) -> Result<(), Broken> {
     if !segment_size.is_power_of_two()
         || !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&segment_size)
     {
-        return Err(format!(
+        return Err(broken!(
             "segment size {segment_size} is not a power of two from {MIN_SEGMENT_SIZE} to {MAX_SEGMENT_SIZE}"
         ));
     }
     check_block_size(block_size)
 }
 
-pub(crate) fn check_block_size(block_size: u32) -> Result<(), String> {
+pub(crate) fn check_block_size(block_size: u32) -> Result<(), Broken> {
     if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
-        return Err(format!(
+        return Err(broken!(
             "block size {block_size} is not a power of two from {MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE}"
         ));
     }

@@ -17,7 +17,7 @@
 )]
 
 mod bytes;
-mod error;
+pub(crate) mod error;
 mod generation;
 mod info;
 mod key;
@@ -28,7 +28,7 @@ mod slot;
 mod superblock;
 mod tails;
 
-pub use error::{FormatError, KsetEnd, KsetError};
+pub use error::{Broken, FormatError, KsetEnd, KsetError};
 pub use generation::{
     GEN_ENTRY_SIZE, GEN_FIRST, gen_entry_decode, gen_entry_encode, read_gen, read_gen_table,
     write_gen,

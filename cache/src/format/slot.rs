@@ -13,7 +13,7 @@ use std::fmt;
 use pmem::Pmem;
 
 use super::bytes::{Fields, zero_from};
-use super::error::FormatError;
+use super::error::{Broken, FormatError, broken};
 use super::layout::{INFO_OFFSET, SLOT_SIZE, TAILS_OFFSET};
 
 pub const SLOT_HEADER: usize = 16;
@@ -132,7 +132,7 @@ impl fmt::Display for State {
 
 /// Classify a slot; `Err` for a slot whose crc holds but whose header breaks the rules,
 /// which no power cut produces.
-fn decode_slot(b: &[u8; SLOT_SIZE]) -> Result<State, String> {
+fn decode_slot(b: &[u8; SLOT_SIZE]) -> Result<State, Broken> {
     let seq = b.u64_at::<SEQ>();
     if seq == 0 {
         return Ok(State::Empty);
@@ -145,9 +145,9 @@ fn decode_slot(b: &[u8; SLOT_SIZE]) -> Result<State, String> {
     let payload = usize::try_from(len)
         .ok()
         .and_then(|n| body.get(..n))
-        .ok_or_else(|| format!("payload length {len} exceeds {SLOT_PAYLOAD_MAX}"))?;
+        .ok_or_else(|| broken!("payload length {len} exceeds {SLOT_PAYLOAD_MAX}"))?;
     if !zero_from(body, payload.len()) {
-        return Err(format!("bytes past the {len}-byte payload are not zero"));
+        return Err(broken!("bytes past the {len}-byte payload are not zero"));
     }
     let mut rec = SlotRecord {
         len: payload.len(),

@@ -5,7 +5,7 @@ use std::fmt;
 use uuid::Uuid;
 
 use super::bytes::{Fields, zero_from};
-use super::error::FormatError;
+use super::error::{Broken, FormatError, broken};
 use super::layout::{Layout, MIN_SEGMENTS, SB_SIZE, base_for, check_block_size, check_sizes};
 
 /// "PCACHESB" read as a little-endian u64.
@@ -60,7 +60,7 @@ impl fmt::Display for OriginId {
 
 impl OriginId {
     /// Block size in range and the byte size representable; `Err` says why not.
-    pub(crate) fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), Broken> {
         check_block_size(self.block_size)?;
         if self.blocks == 0 {
             return Err("origin of 0 blocks".into());
@@ -70,9 +70,10 @@ impl OriginId {
             .checked_mul(u64::from(self.block_size))
             .is_none()
         {
-            return Err(format!(
+            return Err(broken!(
                 "{} blocks of {} bytes overflow a byte offset",
-                self.blocks, self.block_size
+                self.blocks,
+                self.block_size
             ));
         }
         Ok(())
@@ -178,7 +179,7 @@ impl Superblock {
     }
 
     /// The rules a superblock's own fields obey, apart from the device; `Err` says why not.
-    pub(crate) fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), Broken> {
         if self.cache_uuid.is_nil() {
             return Err("nil cache UUID".into());
         }
@@ -188,14 +189,14 @@ impl Superblock {
         self.origin.check()?;
         check_sizes(self.segment_size, self.origin.block_size)?;
         if self.segment_count < MIN_SEGMENTS {
-            return Err(format!(
+            return Err(broken!(
                 "{} segments, at least {MIN_SEGMENTS} needed",
                 self.segment_count
             ));
         }
         let base = base_for(u64::from(self.segment_count));
         if base != Some(self.segment_base) {
-            return Err(format!(
+            return Err(broken!(
                 "segment base {} does not follow from {} segments (expected {})",
                 self.segment_base,
                 self.segment_count,

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use super::bytes::Fields;
-use super::error::FormatError;
+use super::error::{Broken, FormatError, broken};
 use super::kset::KSET_ALIGN;
 use super::layout::Layout;
 
@@ -149,11 +149,11 @@ impl Tails {
         Ok(t)
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), Broken> {
         for (i, l) in self.lanes().iter().enumerate() {
             for (name, p) in [("key", l.key_tail), ("dirty", l.dirty_tail)] {
                 if !p.off.is_multiple_of(KSET_ALIGN as u32) {
-                    return Err(format!(
+                    return Err(broken!(
                         "lane {i} {name} tail offset {} is not {KSET_ALIGN}-byte aligned",
                         p.off
                     ));

@@ -742,31 +742,34 @@ impl Region {
         region_blocks: u32,
         chunk_max: usize,
         t: &mut Tally,
-    ) -> Result<(), String> {
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
         if self.chunks.is_empty() {
-            return Err("empty region kept".into());
+            return Err(proptest::test_runner::TestCaseError::fail(
+                "empty region kept",
+            ));
         }
         t.chunk_slots += self.chunks.capacity() as u64;
         t.allocs += 1;
         let mut prev_end = 0;
         for (ci, c) in self.chunks.iter().enumerate() {
             if c.v.is_empty() || c.v.len() > chunk_max {
-                return Err(format!(
+                return Err(super::tests::fail!(
                     "chunk {ci} holds {} entries (max {chunk_max})",
                     c.v.len()
                 ));
             }
             if c.end != c.v[c.v.len() - 1].end() || c.start != c.v[0].start() {
-                return Err(format!(
+                return Err(super::tests::fail!(
                     "chunk {ci} bounds {}..{} are stale",
-                    c.start, c.end
+                    c.start,
+                    c.end
                 ));
             }
             t.entry_slots += c.v.capacity() as u64;
             t.allocs += 1;
             for e in &c.v {
                 if e.len == 0 || e.start() < prev_end || e.end() > region_blocks {
-                    return Err(format!(
+                    return Err(super::tests::fail!(
                         "entry {e:?} out of order or bounds (prev end {prev_end})"
                     ));
                 }
@@ -775,12 +778,12 @@ impl Region {
                         || e.olf & (ORIG_LEN_MASK | REFERENCED) != 0
                         || u32::from(e.len) > ZERO_ENTRY_MAX
                     {
-                        return Err(format!("ZERO entry {e:?} not canonical"));
+                        return Err(super::tests::fail!("ZERO entry {e:?} not canonical"));
                     }
                 } else if u32::from(e.head_skip) + u32::from(e.len) > e.orig_len()
                     || e.pos < u32::from(e.head_skip)
                 {
-                    return Err(format!("entry {e:?} outside its key"));
+                    return Err(super::tests::fail!("entry {e:?} outside its key"));
                 }
                 prev_end = e.end();
                 t.entries += 1;

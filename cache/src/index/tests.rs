@@ -13,21 +13,29 @@ use proptest::prelude::*;
 use super::region::Tally;
 use super::*;
 
+/// A failed check, for proptest: `TestCaseError::fail(format!(..))`.
+macro_rules! fail {
+    ($($arg:tt)*) => {
+        ::proptest::test_runner::TestCaseError::fail(format!($($arg)*))
+    };
+}
+pub(super) use fail;
+
 impl Index {
     /// Walks every shard and checks the structure and the running tallies against a recount.
-    fn check_invariants(&self) -> Result<(), String> {
+    fn check_invariants(&self) -> Result<(), TestCaseError> {
         for i in 0..self.shards.len() {
             let g = self.lock(i);
             let mut t = Tally::default();
             for (&region, r) in &g.regions {
                 if self.shard_of(region) != i {
-                    return Err(format!("region {region} in shard {i}"));
+                    return Err(fail!("region {region} in shard {i}"));
                 }
                 r.check(self.cfg.region_blocks, self.chunk_max, &mut t)
-                    .map_err(|e| format!("region {region}: {e}"))?;
+                    .map_err(|e| fail!("region {region}: {e}"))?;
             }
             if t != g.tally {
-                return Err(format!("shard {i}: tally {:?} but recount {t:?}", g.tally));
+                return Err(fail!("shard {i}: tally {:?} but recount {t:?}", g.tally));
             }
         }
         Ok(())
@@ -295,18 +303,18 @@ fn extent(lba: u64, len: u32, pos: u64, head: u32, tail: u32, crc: u32, dirty: b
 }
 
 /// Checks that pieces tile [lba, lba + len) in canonical form and returns them block by block.
-fn tile(pieces: &[Piece], lba: u64, len: u32) -> Result<Vec<(u64, Option<Block>)>, String> {
+fn tile(pieces: &[Piece], lba: u64, len: u32) -> Result<Vec<(u64, Option<Block>)>, TestCaseError> {
     let mut blocks = Vec::new();
     let mut at = lba;
     for (k, p) in pieces.iter().enumerate() {
         if p.lba() != at || p.is_empty() {
-            return Err(format!("piece {k} {p:?} does not continue at {at}"));
+            return Err(fail!("piece {k} {p:?} does not continue at {at}"));
         }
         if let Piece::Hit(e) = p
             && e.zero
             && (e.pos, e.orig_pos, e.orig_len, e.crc) != (0, 0, 0, 0)
         {
-            return Err(format!("ZERO piece {k} {p:?} not canonical"));
+            return Err(fail!("ZERO piece {k} {p:?} not canonical"));
         }
         if let Some(prev) = k.checked_sub(1).map(|i| &pieces[i]) {
             let mergeable = match (prev, p) {
@@ -315,7 +323,7 @@ fn tile(pieces: &[Piece], lba: u64, len: u32) -> Result<Vec<(u64, Option<Block>)
                 _ => false,
             };
             if mergeable {
-                return Err(format!("pieces {prev:?} and {p:?} should have been one"));
+                return Err(fail!("pieces {prev:?} and {p:?} should have been one"));
             }
         }
         for i in 0..u64::from(p.len()) {
@@ -328,7 +336,7 @@ fn tile(pieces: &[Piece], lba: u64, len: u32) -> Result<Vec<(u64, Option<Block>)
         at += u64::from(p.len());
     }
     if at != lba.saturating_add(u64::from(len)) {
-        return Err(format!(
+        return Err(fail!(
             "pieces end at {at}, range at {}",
             lba.saturating_add(u64::from(len))
         ));
@@ -344,7 +352,7 @@ struct Case {
 }
 
 impl Case {
-    fn step(&mut self, time: u64, op: &Op) -> Result<(), String> {
+    fn step(&mut self, time: u64, op: &Op) -> Result<(), TestCaseError> {
         let Case { idx, m, slots, gc } = self;
         match *op {
             Op::Insert {
@@ -362,15 +370,15 @@ impl Case {
                         m.stamp(idx, lba, lba + u64::from(len), time);
                         let want = m.insert(&e);
                         if d != want {
-                            return Err(format!("insert {e:?} displaced {d:?}, model {want:?}"));
+                            return Err(fail!("insert {e:?} displaced {d:?}, model {want:?}"));
                         }
                     }
                     Err(err) if lba.checked_add(u64::from(len)).is_none() => {
                         if err.errno() != libc::EINVAL {
-                            return Err(format!("wrapping insert gave {err:?}"));
+                            return Err(fail!("wrapping insert gave {err:?}"));
                         }
                     }
-                    Err(err) => return Err(format!("insert {e:?} failed: {err}")),
+                    Err(err) => return Err(fail!("insert {e:?} failed: {err}")),
                 }
             }
             Op::Snapshot { slot, lba, len } => {
@@ -391,14 +399,14 @@ impl Case {
                 let e = extent(lba, len, pos, head, tail, crc, dirty);
                 let got = idx
                     .fill(&e, version)
-                    .map_err(|err| format!("fill {e:?}: {err}"))?;
+                    .map_err(|err| fail!("fill {e:?}: {err}"))?;
                 let want = if m.changed_since(idx, lba, lba + u64::from(len), since) {
                     0
                 } else {
                     m.gaps(&e)
                 };
                 if got != want {
-                    return Err(format!(
+                    return Err(fail!(
                         "fill {e:?} at version {version} mapped {got}, model {want}"
                     ));
                 }
@@ -424,15 +432,15 @@ impl Case {
                         m.stamp(idx, lba, lba + u64::from(len), time);
                         let want = m.insert(&e);
                         if d != want {
-                            return Err(format!("zero {e:?} displaced {d:?}, model {want:?}"));
+                            return Err(fail!("zero {e:?} displaced {d:?}, model {want:?}"));
                         }
                     }
                     Err(err) if lba.checked_add(u64::from(len)).is_none() => {
                         if err.errno() != libc::EINVAL {
-                            return Err(format!("wrapping zero gave {err:?}"));
+                            return Err(fail!("wrapping zero gave {err:?}"));
                         }
                     }
-                    Err(err) => return Err(format!("zero {e:?} failed: {err}")),
+                    Err(err) => return Err(fail!("zero {e:?} failed: {err}")),
                 }
             }
             Op::ZeroDone { lba, len } => {
@@ -454,7 +462,7 @@ impl Case {
                     }
                 }
                 if got != want {
-                    return Err(format!(
+                    return Err(fail!(
                         "zero_written_back {lba}+{len} dropped {got}, model {want}"
                     ));
                 }
@@ -469,7 +477,7 @@ impl Case {
                     gone.into_iter().for_each(|b| m.drop_block(b, &mut want));
                 }
                 if d != want {
-                    return Err(format!("remove {lba}+{len} dropped {d:?}, model {want:?}"));
+                    return Err(fail!("remove {lba}+{len} dropped {d:?}, model {want:?}"));
                 }
             }
             Op::Evict { lba, len, lo, hi } => {
@@ -483,7 +491,7 @@ impl Case {
                     .map(|(&k, &b)| (k, b))
                     .collect();
                 if u64::from(got) != dropped.len() as u64 {
-                    return Err(format!(
+                    return Err(fail!(
                         "evict {lba}+{len} [{lo},{hi}) dropped {got}, model {}",
                         dropped.len()
                     ));
@@ -493,14 +501,14 @@ impl Case {
                     if e.lba >> idx.region_shift
                         != (e.lba + u64::from(e.len) - 1) >> idx.region_shift
                     {
-                        return Err(format!("referenced extent {e:?} crosses a region"));
+                        return Err(fail!("referenced extent {e:?} crosses a region"));
                     }
                     for i in 0..u64::from(e.len) {
                         let b = e.lba + i;
                         if dropped.get(&b) != Some(&Model::block_of(e, i))
                             || !seen_reported.insert(b)
                         {
-                            return Err(format!(
+                            return Err(fail!(
                                 "evict reported block {b} of {e:?}, not (once) a dropped block"
                             ));
                         }
@@ -510,7 +518,7 @@ impl Case {
                     .keys()
                     .find(|b| m.seen.contains(b) && !seen_reported.contains(b))
                 {
-                    return Err(format!("evict did not report looked-up block {b}"));
+                    return Err(fail!("evict did not report looked-up block {b}"));
                 }
                 let mut stamped = BTreeSet::new();
                 for &b in dropped.keys() {
@@ -540,7 +548,7 @@ impl Case {
                     }
                 }
                 if got != want {
-                    return Err(format!(
+                    return Err(fail!(
                         "mark_clean {lba}+{len} [{lo},{hi}) cleaned {got}, model {want}"
                     ));
                 }
@@ -557,7 +565,7 @@ impl Case {
                         let (n, covered) =
                             idx.lookup_into(cur, (end - cur) as u32, &mut out[..buf]);
                         if covered == 0 || n == 0 {
-                            return Err(format!("lookup_into at {cur} made no progress"));
+                            return Err(fail!("lookup_into at {cur} made no progress"));
                         }
                         pieces.extend_from_slice(&out[..n]);
                         cur += u64::from(covered);
@@ -588,7 +596,7 @@ impl Case {
                 for (b, got) in tile(&pieces, lba, len)? {
                     let want = m.blocks.get(&b).copied();
                     if got != want {
-                        return Err(format!(
+                        return Err(fail!(
                             "lookup {lba}+{len}: block {b} is {got:?}, model {want:?}"
                         ));
                     }
@@ -604,7 +612,7 @@ impl Case {
                 let e = Extent::key(old.lba, old.len, pos, old.crc ^ 1, old.dirty);
                 let got = idx
                     .fill(&e, version)
-                    .map_err(|err| format!("refill {e:?}: {err}"))?;
+                    .map_err(|err| fail!("refill {e:?}: {err}"))?;
                 let end = e.lba + u64::from(e.len);
                 let want = if m.changed_since(idx, e.lba, end, since) {
                     0
@@ -612,7 +620,7 @@ impl Case {
                     m.gaps(&e)
                 };
                 if got != want {
-                    return Err(format!("gc refill {e:?} mapped {got}, model {want}"));
+                    return Err(fail!("gc refill {e:?} mapped {got}, model {want}"));
                 }
                 if want > 0 {
                     m.fill(&e);
@@ -650,18 +658,18 @@ impl Case {
                 for err in errs {
                     match err {
                         Some(err) if err.errno() == libc::EINVAL => {}
-                        other => return Err(format!("bad extent {e:?} gave {other:?}")),
+                        other => return Err(fail!("bad extent {e:?} gave {other:?}")),
                     }
                 }
                 if idx.stats() != before {
-                    return Err(format!("bad extent {e:?} changed the index"));
+                    return Err(fail!("bad extent {e:?} changed the index"));
                 }
             }
         }
         Ok(())
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), TestCaseError> {
         self.idx.check_invariants()?;
         let s = self.idx.stats();
         let m = &self.m;
@@ -672,13 +680,13 @@ impl Case {
             m.regions(self.idx.region_shift),
         );
         if (s.cached_blocks, s.dirty_blocks, s.zero_blocks, s.regions) != want {
-            return Err(format!(
+            return Err(fail!(
                 "stats {s:?}, model (cached, dirty, zero, regions) {want:?}"
             ));
         }
         let mapped = s.cached_blocks + s.zero_blocks;
         if s.entries > mapped || (mapped > 0 && s.entries == 0) {
-            return Err(format!("stats {s:?}: impossible entry count"));
+            return Err(fail!("stats {s:?}: impossible entry count"));
         }
         Ok(())
     }
@@ -690,13 +698,19 @@ impl Extent {
     }
 }
 
-fn run(region_blocks: u32, shards: usize, chunk_max: usize, ops: &[Op]) -> Result<(), String> {
+fn run(
+    region_blocks: u32,
+    shards: usize,
+    chunk_max: usize,
+    ops: &[Op],
+) -> Result<(), TestCaseError> {
     let cfg = IndexConfig {
         block_size: 4096,
         region_blocks,
         shards,
     };
-    let idx = Index::with_chunk_max(cfg, chunk_max).map_err(|e| e.to_string())?;
+    let idx =
+        Index::with_chunk_max(cfg, chunk_max).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let mut case = Case {
         idx,
         m: Model::new(),
@@ -705,9 +719,9 @@ fn run(region_blocks: u32, shards: usize, chunk_max: usize, ops: &[Op]) -> Resul
     };
     for (t, op) in ops.iter().enumerate() {
         case.step(t as u64 + 1, op)
-            .map_err(|e| format!("step {t} {op:?}: {e}"))?;
+            .map_err(|e| fail!("step {t} {op:?}: {e}"))?;
         case.check()
-            .map_err(|e| format!("after step {t} {op:?}: {e}"))?;
+            .map_err(|e| fail!("after step {t} {op:?}: {e}"))?;
     }
     Ok(())
 }
@@ -722,17 +736,13 @@ proptest! {
         chunk_max in 2usize..5,
         ops in vec(op(), 1..80),
     ) {
-        if let Err(e) = run(region_blocks, shards, chunk_max, &ops) {
-            return Err(TestCaseError::fail(e));
-        }
+        run(region_blocks, shards, chunk_max, &ops)?;
     }
 
     /// Real chunk size, bigger regions: long runs of small keys inside one region.
     #[test]
     fn matches_block_model_dense(ops in vec(op(), 1..200)) {
-        if let Err(e) = run(64, 2, CHUNK_ENTRIES, &ops) {
-            return Err(TestCaseError::fail(e));
-        }
+        run(64, 2, CHUNK_ENTRIES, &ops)?;
     }
 }
 
