@@ -6,35 +6,18 @@ use bdev::pmem::{
     self as pmem_bdev,
     rpc::{PmemCreateParams, PmemMode},
 };
-use bdev::{Bdev, BdevChannel, BdevDesc, BdevIo, DmaBuf, IoCtx, IoFlags, IoVec};
+use bdev::{Bdev, BdevChannel, BdevDesc, DmaBuf, IoCtx, IoFlags, IoVec};
 use pmem::CrashPmem;
 use poller::Harness;
-use serde_json::{Value, json};
-use std::cell::RefCell;
+use serde_json::json;
 use std::sync::Arc;
-use std::time::Duration;
 
-thread_local! {
-    static DONE: RefCell<Vec<(usize, bool)>> = const { RefCell::new(Vec::new()) };
-}
-
-fn record(io: BdevIo, ok: bool, ctx: IoCtx) {
-    drop(io);
-    if let IoCtx::Word(w) = ctx {
-        DONE.with(|d| d.borrow_mut().push((w, ok)));
-    }
-}
+mod common;
+use common::{call_off_thread as call, iov, record};
 
 fn done(h: &Harness) -> Vec<(usize, bool)> {
     h.poll_until_idle(100);
-    let mut v = DONE.with(|d| std::mem::take(&mut *d.borrow_mut()));
-    v.sort_unstable();
-    v
-}
-
-fn iov(buf: &DmaBuf) -> IoVec {
-    // SAFETY: every test keeps its buffers alive until their I/Os completed.
-    unsafe { buf.iovec() }
+    common::done()
 }
 
 fn pattern(i: usize, len: usize) -> DmaBuf {
@@ -313,16 +296,6 @@ fn config_round_trip_and_pmem_of_other_modules() {
     assert!(pmem_bdev::pmem_of(&b).is_some());
     m.unregister(|r| r.unwrap());
     b.unregister(|r| r.unwrap());
-}
-
-fn call(method: &str, params: Value) -> Result<Value, rpc::RpcError> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    rpc::call(
-        method,
-        Some(params),
-        rpc::Responder::new(move |r| tx.send(r).unwrap()),
-    );
-    rx.recv_timeout(Duration::from_secs(2)).unwrap()
 }
 
 #[test]

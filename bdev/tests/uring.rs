@@ -3,48 +3,14 @@
 //! checks, save_config and the RPCs.
 
 use bdev::uring::{self, EngineKind, rpc::UringCreateParams};
-use bdev::{Bdev, BdevChannel, BdevDesc, BdevIo, DmaBuf, IoCtx, IoFlags, IoType, IoVec};
+use bdev::{Bdev, BdevChannel, BdevDesc, DmaBuf, IoCtx, IoFlags, IoType, IoVec};
 use poller::Harness;
-use serde_json::{Value, json};
-use std::cell::RefCell;
+use serde_json::json;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
-thread_local! {
-    static DONE: RefCell<Vec<(usize, bool)>> = const { RefCell::new(Vec::new()) };
-}
-
-fn record(io: BdevIo, ok: bool, ctx: IoCtx) {
-    drop(io);
-    if let IoCtx::Word(w) = ctx {
-        DONE.with(|d| d.borrow_mut().push((w, ok)));
-    }
-}
-
-/// Polls the thread until `n` I/Os completed (the kernel finishes them in its own time, so an
-/// idle round does not mean done); returns them sorted by tag.
-fn wait(h: &Harness, n: usize) -> Vec<(usize, bool)> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        h.poll_thread(0);
-        let got = DONE.with(|d| d.borrow().len());
-        if got >= n {
-            let mut v = DONE.with(|d| std::mem::take(&mut *d.borrow_mut()));
-            v.sort_unstable();
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {got} of {n} I/Os completed"
-        );
-    }
-}
-
-fn iov(buf: &DmaBuf) -> IoVec {
-    // SAFETY: every test keeps its buffers alive until their I/Os completed.
-    unsafe { buf.iovec() }
-}
+mod common;
+use common::{call_off_thread as call, iov, record, wait};
 
 fn file_of(dir: &Path, len: u64) -> String {
     let path = dir.join("disk");
@@ -391,16 +357,6 @@ fn info_and_config_round_trip() {
     let b = uring::create(again).unwrap();
     assert_eq!((b.uuid(), b.block_size(), b.num_blocks()), (uuid, 4096, 16));
     b.unregister(|r| r.unwrap());
-}
-
-fn call(method: &str, params: Value) -> Result<Value, rpc::RpcError> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    rpc::call(
-        method,
-        Some(params),
-        rpc::Responder::new(move |r| tx.send(r).unwrap()),
-    );
-    rx.recv_timeout(Duration::from_secs(2)).unwrap()
 }
 
 #[test]

@@ -274,10 +274,7 @@ pub fn create_with(name: &str, pmem: Arc<dyn Pmem>, block_size: u32) -> Result<B
 
 /// Unregisters the pmem bdev `name`; `done` runs once it is gone. The file stays.
 pub fn delete(name: &str, done: impl FnOnce(Result<(), BdevError>) + Send + 'static) {
-    match Bdev::lookup(name) {
-        Some(b) if b.module() == MODULE => b.unregister(done),
-        _ => done(Err(BdevError::NoSuchDevice(name.to_string()))),
-    }
+    Bdev::unregister_module_bdev(MODULE, name, done)
 }
 
 fn register(disk: PmemDisk) -> Result<Bdev, BdevError> {

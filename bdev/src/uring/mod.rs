@@ -309,10 +309,7 @@ pub fn channel_engine(ch: &BdevChannel) -> Option<EngineKind> {
 
 /// Unregisters the uring bdev `name`; `done` runs once it is gone.
 pub fn delete(name: &str, done: impl FnOnce(Result<(), BdevError>) + Send + 'static) {
-    match Bdev::lookup(name) {
-        Some(b) if b.module() == MODULE => b.unregister(done),
-        _ => done(Err(BdevError::NoSuchDevice(name.to_string()))),
-    }
+    Bdev::unregister_module_bdev(MODULE, name, done)
 }
 
 struct Opened {

@@ -8,6 +8,7 @@ use rpc::{Responder, RpcError};
 use serde_json::Value;
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 thread_local! {
     static DONE: RefCell<Vec<(usize, bool)>> = const { RefCell::new(Vec::new()) };
@@ -26,6 +27,23 @@ pub fn done() -> Vec<(usize, bool)> {
     let mut v = DONE.with(|d| std::mem::take(&mut *d.borrow_mut()));
     v.sort();
     v
+}
+
+/// Polls thread 0 until `n` I/Os completed (a kernel finishes them in its own time, so an idle
+/// round does not mean done); returns them sorted by submitter word.
+pub fn wait(h: &Harness, n: usize) -> Vec<(usize, bool)> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        h.poll_thread(0);
+        let got = DONE.with(|d| d.borrow().len());
+        if got >= n {
+            return done();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {got} of {n} I/Os completed"
+        );
+    }
 }
 
 pub fn iov(buf: &DmaBuf) -> IoVec {
@@ -75,6 +93,17 @@ pub fn read(h: &Harness, ch: &BdevChannel, buf: &DmaBuf, lba: u64, word: usize) 
         ch.read(&[iov(buf)], lba, blocks, record, IoCtx::Word(word))
             .unwrap()
     });
+}
+
+/// Calls an RPC from outside any thread (for methods that answer without one).
+pub fn call_off_thread(method: &str, params: Value) -> Result<Value, RpcError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    rpc::call(
+        method,
+        Some(params),
+        Responder::new(move |r| tx.send(r).unwrap()),
+    );
+    rx.recv_timeout(Duration::from_secs(2)).unwrap()
 }
 
 /// Calls an RPC on thread 0 and polls until it is answered.
