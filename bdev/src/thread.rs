@@ -84,15 +84,18 @@ impl BdevThread {
         }
     }
 
+    #[inline]
     pub(crate) fn push_completion(&self, io: BdevIo) {
         self.completions.borrow_mut().push_back(io);
     }
 
+    #[inline]
     pub(crate) fn push_resubmit(&self, io: BdevIo) {
         self.resubmits.borrow_mut().push_back(io);
     }
 
     /// Resume `ch`'s waiters on the next poll (once, however often this is asked).
+    #[inline]
     pub(crate) fn schedule_wake(&self, ch: &Rc<ChannelInner>) {
         if !ch.wake_queued.replace(true) {
             self.wake.borrow_mut().push(ch.clone());
