@@ -1,59 +1,19 @@
 //! GC: reclaims the oldest part of the lanes' key logs, and the data segments only those keys
-//! named, once the cache is fuller than `gc_percent` or writes are waiting for space.
-//!
-//! One engine per cache, a poller on the management thread next to writeback (which it follows:
-//! it reads the lanes' logs itself and persists the tails record). A round ("batch"):
-//!
-//! 1. **Trigger.** Segments in use ≥ `gc_percent` % of all segments (0: reclaim everything that
-//!    can be), or writes are deferred ([`GcShared::deferred`]); then rounds run back to back.
-//! 2. **Window.** Each lane's log is read from its key tail up to its dirty tail (at most
-//!    [`SETS_PER_LANE`] key-sets, doubled while rounds find no cut in windows that budget cut
-//!    short, up to [`MAX_SETS_PER_LANE`]): every key there is written back (`seq` ≤ the written-back
-//!    sequence W), and the dirty tail is never passed. The first key-set at or after the dirty
-//!    tail is peeked at too (its smallest `seq` bounds what may go).
-//! 3. **Cut.** A key tail moves by whole key-sets, and the lanes' key-sets interleave in `seq`.
-//!    Replay lets the newest key of a block win among the keys still in the logs, so dropping a
-//!    key-set while an *older* key for the same blocks stays in another lane's log would bring
-//!    that older data back after a restart (replay.rs, "Contract with GC"). So a round drops
-//!    exactly the keys with `seq` ≤ P, for the largest P ≤ W that no key-set straddles (every
-//!    key-set lies wholly at or below P, or wholly above it): the dropped keys are then a prefix
-//!    of the write history, whatever blocks they name. With one writing lane every key-set
-//!    boundary is such a cut. With several writing all the time their key-sets overlap in
-//!    `seq` and chain into one another, so GC asks for cuts: every [`CUT_EVERY`] keys it
-//!    publishes the next `seq` as a cut request, and a lane seals its open key-set before
-//!    appending the first key at or above the request (`LaneLog::append_at_cut`).
-//! 4. **Evict.** For each dropped data key whose segment is still of its generation:
-//!    `Index::evict` over its blocks and its cache positions (entries a newer key replaced are
-//!    left alone), then one reference fewer on its data segment. Tombstones need nothing:
-//!    writeback has already handled their ZERO entries.
-//! 5. **Second chance.** Evicted extents the index reports REFERENCED (read since they were
-//!    cached) are copied forward into the management thread's lane, filled back with the version
-//!    `evict` gave (a write meanwhile wins) and logged as CLEAN keys, then the lane is sealed — at
-//!    most a quarter ([`SECOND_CHANCE_SHARE`]) of the blocks the round evicted, so a round always
-//!    frees space, and none while writes are deferred.
-//! 6. **Persist** the key tails (the first kept key-set of each lane, or its dirty tail), then
-//!    **retire** the key segments the key tails left and the data segments whose last reference
-//!    went. A retired segment is freed (its generation moves on, on media) only after a grace
-//!    period: a `for_each_channel` walk over the lanes, whose completion runs on the management
-//!    thread, shows every thread has passed a poll iteration, so no reader is still copying
-//!    from it. Segments the data path retires (a lane's full data head whose keys are all gone)
-//!    are swept up the same way.
-//!
-//! Deferred writes: a write that finds no free data segment waits on its lane's defer list; the
-//! lane's poller retries its list whenever the segment table's freed counter has moved.
-//! Data allocations keep [`crate::segments::KEY_RESERVE`] segments back, so key-sets can still be
-//! sealed (and writeback and GC progress) when data has filled the cache.
+//! named, once the cache is fuller than `gc_percent` or writes are waiting for space. One engine
+//! per cache, a poller on the management thread next to writeback. docs/architecture.md ("GC",
+//! "Reclaim") says how a round works and why it drops exactly the keys up to a cut no key-set
+//! straddles; replay.rs states the contract it keeps.
 
 use crate::error::CacheError;
 use crate::format::{self, Key, KsetError, KsetId, LogPos, MAX_KSET_SIZE};
 use crate::index::Extent;
-use crate::instance::{Cache, LaneChannel, Stats};
+use crate::instance::Cache;
+use crate::lane_channel::LaneChannel;
 use crate::segments::cache_pos;
-use poller::{IoChannel, PollStatus, Poller, Thread};
+use poller::{IoChannel, IoDevice, PollStatus, Poller, Thread};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// Key-sets read per lane per round, at first.
 pub const SETS_PER_LANE: usize = 64;
@@ -61,8 +21,6 @@ pub const SETS_PER_LANE: usize = 64;
 /// one lane's key-set may span as many `seq`s as another lane's many small key-sets (FUA
 /// writes seal one key each), and the cut lies beyond them.
 pub const MAX_SETS_PER_LANE: usize = 1 << 16;
-/// Keys between two cut requests: each costs every writing lane one extra (smaller) key-set.
-pub const CUT_EVERY: u64 = 1024;
 /// A round copies forward at most 1 / this of the blocks it evicted.
 pub const SECOND_CHANCE_SHARE: u64 = 4;
 /// REFERENCED extents kept per round for a second chance.
@@ -74,75 +32,16 @@ const SWEEP_US: u64 = 100_000;
 /// Bytes copied at a time for a second chance.
 const COPY_CHUNK: usize = 64 << 10;
 
-/// What GC shares with the data path and the RPCs.
-pub struct GcShared {
-    /// Writes waiting on a lane's defer list right now.
-    deferred: AtomicU64,
-    gc_percent: AtomicU32,
-    /// GC's cut request (0: none): lanes seal their open key-set before appending the first key
-    /// at or above it, so that with several lanes writing all the time a cut still appears.
-    cut_request: AtomicU64,
-    /// A grace-period walk is in flight.
-    walk: Arc<AtomicBool>,
-}
-
-impl GcShared {
-    pub fn new(gc_percent: u32) -> GcShared {
-        GcShared {
-            deferred: AtomicU64::new(0),
-            gc_percent: AtomicU32::new(gc_percent),
-            cut_request: AtomicU64::new(0),
-            walk: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
-    /// Writes waiting for space.
-    pub fn deferred(&self) -> u64 {
-        self.deferred.load(Ordering::Relaxed)
-    }
-
-    /// A write went onto a defer list.
-    pub fn note_deferred(&self) {
-        self.deferred.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A write left a defer list (to be retried).
-    pub fn note_resumed(&self) {
-        let _ = self
-            .deferred
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1));
-    }
-
-    /// Where GC asks the lanes to split their key-sets (0: nowhere).
-    pub fn cut_request(&self) -> u64 {
-        self.cut_request.load(Ordering::Relaxed)
-    }
-
-    /// Asks for a cut at `next_seq` (the next `seq` to be taken) once the last request is
-    /// [`CUT_EVERY`] keys old. Every key-set sealed so far lies below it and the lanes split
-    /// their open ones there, so the write history gets a cut every [`CUT_EVERY`] keys however
-    /// many lanes write at once; GC reclaims up to the newest one writeback has passed.
-    pub fn request_cut(&self, next_seq: u64) {
-        if next_seq.saturating_sub(self.cut_request()) >= CUT_EVERY {
-            self.cut_request.store(next_seq, Ordering::Relaxed);
-        }
-    }
-
-    pub fn gc_percent(&self) -> u32 {
-        self.gc_percent.load(Ordering::Relaxed)
-    }
-
-    pub fn set_gc_percent(&self, p: u32) {
-        self.gc_percent.store(p, Ordering::Relaxed);
-    }
-}
-
 /// Starts GC on the current thread (create calls it on the management thread).
-pub fn start(cache: &Arc<Cache>) -> Result<(), CacheError> {
+pub(crate) fn start(
+    cache: &Arc<Cache>,
+    lane_device: IoDevice<LaneChannel>,
+) -> Result<(), CacheError> {
     let now = Thread::current().map_or(0, |t| t.now());
-    let lanes = cache.lane_heads.lock().map(|h| h.len()).unwrap_or(0);
+    let lanes = cache.lanes().count();
     let engine = Rc::new(RefCell::new(Engine {
         cache: cache.clone(),
+        lanes: lane_device,
         kset_buf: vec![0u8; MAX_KSET_SIZE],
         copy_buf: vec![0u8; COPY_CHUNK],
         windows: (0..lanes).map(|_| Window::default()).collect(),
@@ -196,6 +95,9 @@ struct Window {
 
 struct Engine {
     cache: Arc<Cache>,
+    /// Every thread's lane channel (grace walks; the management thread's lane for second
+    /// chances).
+    lanes: IoDevice<LaneChannel>,
     kset_buf: Vec<u8>,
     copy_buf: Vec<u8>,
     windows: Vec<Window>,
@@ -221,23 +123,23 @@ impl Engine {
     /// One poller run. None: stopped (unregister).
     fn poll(&mut self) -> Option<PollStatus> {
         let cache = self.cache.clone();
-        if cache.wb.stopped() {
+        if cache.wb().stopped() {
             return None;
         }
         let now = Thread::current().map_or(0, |t| t.now());
         let mut busy = false;
         if self.retire_asked || now >= self.next_sweep {
             self.next_sweep = now + poller::time::us_to_ticks(SWEEP_US);
-            if start_grace_walk(&cache) {
+            if start_grace_walk(&cache, &self.lanes) {
                 self.retire_asked = false;
                 busy = true;
             }
         }
-        cache.gc.request_cut(cache.seq.load(Ordering::Relaxed));
-        let deferred = cache.gc.deferred() > 0;
-        let total = u64::from(cache.layout.segment_count());
-        let used = u64::from(cache.segments.used());
-        let triggered = deferred || used * 100 >= u64::from(cache.gc.gc_percent()) * total;
+        cache.gc().request_cut(cache.next_seq());
+        let deferred = cache.gc().deferred() > 0;
+        let total = u64::from(cache.layout().segment_count());
+        let used = u64::from(cache.segments().used());
+        let triggered = deferred || used * 100 >= u64::from(cache.gc().gc_percent()) * total;
         if !triggered {
             return Some(PollStatus::from(busy));
         }
@@ -274,7 +176,7 @@ impl Engine {
                 busy = true;
             }
             Err(e) => {
-                tracing::error!(cache = %cache.name, "GC cannot reclaim: {e}");
+                tracing::error!(cache = %cache.name(), "GC cannot reclaim: {e}");
                 self.stuck_at = Some(written_back);
                 self.retry_at = now + poller::time::us_to_ticks(1_000_000);
             }
@@ -294,13 +196,7 @@ impl Engine {
         tails: &[(LogPos, LogPos)],
     ) -> Result<usize, CacheError> {
         let cache = self.cache.clone();
-        let heads: Vec<LogPos> = cache
-            .lane_heads
-            .lock()
-            .map_err(|_| CacheError::Damaged("lane heads unavailable".into()))?
-            .iter()
-            .map(|l| l.persisted_head())
-            .collect();
+        let heads = cache.persisted_heads();
         self.keys.clear();
         // Lanes are added while the cache runs: a window for each lane both lists know.
         self.windows
@@ -348,7 +244,7 @@ impl Engine {
             .filter(|k| !k.is_unmap())
             .map(|k| u64::from(k.len))
             .sum();
-        let budget = if cache.gc.deferred() > 0 {
+        let budget = if cache.gc().deferred() > 0 {
             0
         } else {
             data_blocks / SECOND_CHANCE_SHARE
@@ -357,14 +253,14 @@ impl Engine {
         let (mut evicted, mut copied) = (0u64, 0u64);
         let dropped = std::mem::take(&mut self.dropped);
         for k in &dropped {
-            if k.is_unmap() || cache.segments.generation(k.data_seg) != Some(k.data_gen) {
+            if k.is_unmap() || cache.segments().generation(k.data_seg) != Some(k.data_gen) {
                 continue;
             }
-            let pos = cache_pos(&cache.layout, k.data_seg, k.data_off);
+            let pos = cache_pos(cache.layout(), k.data_seg, k.data_off);
             self.referenced.clear();
             let refs = &mut self.referenced;
             let want = copied < budget;
-            evicted += u64::from(cache.index.evict(
+            evicted += u64::from(cache.index().evict(
                 k.origin_off,
                 k.len,
                 pos,
@@ -377,13 +273,13 @@ impl Engine {
             ));
             if !self.referenced.is_empty() {
                 if lane_ch.is_none() {
-                    lane_ch = cache.lanes.get_channel().ok();
+                    lane_ch = self.lanes.get_channel().ok();
                 }
                 if let Some(ch) = &lane_ch {
                     copied += self.second_chance(ch, budget - copied);
                 }
             }
-            if cache.segments.put_ref(k.data_seg) {
+            if cache.segments().put_ref(k.data_seg) {
                 self.zeroed.push(k.data_seg);
             }
         }
@@ -392,7 +288,7 @@ impl Engine {
         if let Some(ch) = lane_ch
             && let Err(e) = ch.seal()
         {
-            tracing::error!(cache = %cache.name, "sealing GC's second-chance keys failed: {e}");
+            tracing::error!(cache = %cache.name(), "sealing GC's second-chance keys failed: {e}");
         }
         // Persist the key tails, then retire what they left behind.
         {
@@ -405,7 +301,7 @@ impl Engine {
             }
             let bytes = t.encode();
             let payload = bytes.get(..t.encoded_len()).unwrap_or(&bytes[..]);
-            if let Err(e) = meta.tails_slot.write(&*cache.pmem, payload) {
+            if let Err(e) = meta.tails_slot.write(cache.pmem(), payload) {
                 // The index no longer maps the dropped keys, but they stay in the log: nothing
                 // is retired, so nothing they name is reused (the space is simply not freed).
                 return Err(e.into());
@@ -413,18 +309,18 @@ impl Engine {
             meta.tails = t;
         }
         for &seg in left_segments.iter().chain(&self.zeroed) {
-            cache.segments.retire(seg);
+            cache.segments().retire(seg);
         }
         self.retire_asked |= !left_segments.is_empty() || !self.zeroed.is_empty();
-        if self.retire_asked && start_grace_walk(&cache) {
+        if self.retire_asked && start_grace_walk(&cache, &self.lanes) {
             self.retire_asked = false;
         }
-        let bs = u64::from(cache.block_size);
-        Stats::add(&cache.stats.gc_runs, 1);
-        Stats::add(&cache.stats.gc_keys, dropped_keys);
-        Stats::add(&cache.stats.gc_evicted_bytes, evicted * bs);
-        Stats::add(&cache.stats.gc_second_chance_bytes, copied * bs);
-        tracing::debug!(cache = %cache.name, cut, dropped_sets, dropped_keys, evicted, copied, "GC round");
+        let bs = u64::from(cache.block_size());
+        cache.stats().gc_runs.add(1);
+        cache.stats().gc_keys.add(dropped_keys);
+        cache.stats().gc_evicted_bytes.add(evicted * bs);
+        cache.stats().gc_second_chance_bytes.add(copied * bs);
+        tracing::debug!(cache = %cache.name(), cut, dropped_sets, dropped_keys, evicted, copied, "GC round");
         Ok(dropped_sets)
     }
 
@@ -445,7 +341,7 @@ impl Engine {
         w.after = None;
         w.limit = limit;
         let mut pos = tail;
-        let mut gen_ = cache.segments.generation(pos.seg).ok_or_else(|| {
+        let mut gen_ = cache.segments().generation(pos.seg).ok_or_else(|| {
             CacheError::Damaged(format!("lane {lane}: key tail in segment {}", pos.seg))
         })?;
         let mut lane_seq: Option<u64> = None;
@@ -461,14 +357,14 @@ impl Engine {
                 w.after = w.sets.last().map(|s| s.max);
                 break Ok(());
             }
-            let seg_size = cache.layout.segment_size();
+            let seg_size = cache.layout().segment_size();
             let n = (seg_size.saturating_sub(pos.off) as usize).min(self.kset_buf.len());
-            let base = match cache.layout.segment_offset(pos.seg) {
+            let base = match cache.layout().segment_offset(pos.seg) {
                 Ok(b) => b,
                 Err(e) => break Err(e.into()),
             };
             if let Err(e) = cache
-                .pmem
+                .pmem()
                 .read(base + u64::from(pos.off), &mut self.kset_buf[..n])
             {
                 break Err(e.into());
@@ -488,7 +384,7 @@ impl Engine {
                 }
             };
             let expect = KsetId {
-                format_id: cache.format_id,
+                format_id: cache.format_id(),
                 lane,
                 lane_seq: seq,
                 seg_gen: gen_,
@@ -542,7 +438,7 @@ impl Engine {
     /// thread's), at most `budget` blocks; returns the blocks copied. The caller seals the lane.
     fn second_chance(&mut self, ch: &LaneChannel, budget: u64) -> u64 {
         let cache = self.cache.clone();
-        let bs = u64::from(cache.block_size);
+        let bs = u64::from(cache.block_size());
         let mut copied = 0u64;
         {
             let mut lane_ref = ch.lane.borrow_mut();
@@ -555,20 +451,21 @@ impl Engine {
                 }
                 if e.dirty {
                     // Never: GC only drops written-back keys.
-                    tracing::error!(cache = %cache.name, lba = e.lba, blocks = e.len, "GC evicted a dirty extent");
+                    tracing::error!(cache = %cache.name(), lba = e.lba, blocks = e.len, "GC evicted a dirty extent");
                     continue;
                 }
-                if cache.data_crc && !crate::io::crc_ok(&cache, &e) {
-                    Stats::add(&cache.stats.crc_errors, 1);
+                if cache.data_crc() && !cache.crc_ok(&e) {
+                    cache.stats().crc_errors.add(1);
                     continue;
                 }
                 let mut done = 0u32;
                 while done < e.len {
-                    let Some(space) = lane.alloc_data(&cache.segments, &cache.layout, e.len - done)
+                    let Some(space) =
+                        lane.alloc_data(cache.segments(), cache.layout(), e.len - done)
                     else {
                         break 'extents;
                     };
-                    let pos = cache_pos(&cache.layout, space.seg, space.off);
+                    let pos = cache_pos(cache.layout(), space.seg, space.off);
                     let mut src = cache.pos_offset(e.pos + u64::from(done));
                     let mut dst = cache.pos_offset(pos);
                     let mut left = u64::from(space.blocks) * bs;
@@ -577,9 +474,9 @@ impl Engine {
                     while left > 0 && ok {
                         let n = left.min(self.copy_buf.len() as u64) as usize;
                         let buf = &mut self.copy_buf[..n];
-                        ok = cache.pmem.read(src, buf).is_ok()
-                            && cache.pmem.write_nt(dst, buf).is_ok();
-                        if cache.data_crc {
+                        ok = cache.pmem().read(src, buf).is_ok()
+                            && cache.pmem().write_nt(dst, buf).is_ok();
+                        if cache.data_crc() {
                             crc = crc32c::crc32c_append(crc, buf);
                         }
                         src += n as u64;
@@ -590,19 +487,19 @@ impl Engine {
                     let seq = cache.take_seq(lane);
                     let filled = ok
                         && cache
-                            .index
+                            .index()
                             .fill(&Extent::key(lba, space.blocks, pos, crc, false), version)
                             .is_ok_and(|n| n > 0);
                     if filled {
                         let key = cache.key_for(seq, lba, space.blocks, &space, crc, false);
                         if let Err(err) = cache.append_key(lane, key) {
-                            tracing::error!(cache = %cache.name, "appending a key failed: {err}");
+                            tracing::error!(cache = %cache.name(), "appending a key failed: {err}");
                             break 'extents;
                         }
                         copied += u64::from(space.blocks);
-                    } else if cache.segments.put_ref(space.seg) {
+                    } else if cache.segments().put_ref(space.seg) {
                         // No key names the space: its reference goes at once.
-                        cache.segments.retire(space.seg);
+                        cache.segments().retire(space.seg);
                         self.retire_asked = true;
                     }
                     done += space.blocks;
@@ -636,25 +533,27 @@ fn cut(windows: &[Window], written_back: u64) -> u64 {
 
 /// Starts a grace-period walk over every thread's lane channel for the segments retiring now;
 /// its completion (on this thread) frees them. False when one is in flight or none retire.
-fn start_grace_walk(cache: &Arc<Cache>) -> bool {
-    if cache.gc.walk.load(Ordering::SeqCst) {
+fn start_grace_walk(cache: &Arc<Cache>, lanes: &IoDevice<LaneChannel>) -> bool {
+    if cache.gc().walking() {
         return false;
     }
-    let segs = cache.segments.retiring();
+    let segs = cache.segments().retiring();
     if segs.is_empty() {
         return false;
     }
-    cache.gc.walk.store(true, Ordering::SeqCst);
+    cache.gc().begin_walk();
     let c = cache.clone();
-    cache.lanes.for_each_channel(
+    lanes.for_each_channel(
         |_| {},
         move || {
-            let before = c.segments.freed();
-            if let Err(e) = c.segments.free_retired(&*c.pmem, &c.layout, &segs) {
-                tracing::error!(cache = %c.name, "freeing retired segments failed: {e}");
+            let before = c.segments().freed();
+            if let Err(e) = c.segments().free_retired(c.pmem(), c.layout(), &segs) {
+                tracing::error!(cache = %c.name(), "freeing retired segments failed: {e}");
             }
-            Stats::add(&c.stats.gc_segments_freed, c.segments.freed() - before);
-            c.gc.walk.store(false, Ordering::SeqCst);
+            c.stats()
+                .gc_segments_freed
+                .add(c.segments().freed() - before);
+            c.gc().end_walk();
         },
     );
     true

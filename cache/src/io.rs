@@ -25,8 +25,10 @@
 //! a bdev_io is not an error: the parent waits on the origin's channel (`queue_io_wait`) and
 //! resumes from the step that was refused.
 
+use crate::channel::CacheBdevChannel;
 use crate::index::{Extent, Piece};
-use crate::instance::{Cache, CacheBdevChannel, LaneChannel, Stats};
+use crate::instance::Cache;
+use crate::lane_channel::LaneChannel;
 use crate::params::CacheMode;
 use bdev::iov::{self, IoVec};
 use bdev::{BdevChannelOps, BdevIo, IoCtx, IoStatus, IoType};
@@ -54,33 +56,13 @@ const MISS_LEN: usize = 2;
 const MISS_VERSION: usize = 3;
 
 impl BdevChannelOps for CacheBdevChannel {
-    /// What this thread's cache I/O waits for: the origin, free segments (GC), key-set seals,
-    /// a FLUSH's walk over the lanes, and what writeback is doing.
     fn stall_report(&self) -> Option<String> {
-        let cache = &self.cache;
-        let segs = cache.segments.counts();
-        let lane = &self.lane;
-        Some(format!(
-            "pcache {}: {} I/Os at the origin (in flight or waiting for a bdev_io), {} writes \
-             here waiting for free segments ({} in the cache; {} of {} segments in use, {} \
-             retiring), {} writes waiting for their key-set seal, {} FLUSHes waiting for the \
-             lanes; {}",
-            cache.name,
-            self.at_origin.get(),
-            lane.deferred.borrow().len(),
-            cache.gc.deferred(),
-            segs.used,
-            segs.total,
-            segs.retiring,
-            lane.awaiting_seal.borrow().len(),
-            lane.awaiting_flush.borrow().len(),
-            cache.wb.describe(),
-        ))
+        Some(self.report())
     }
 
     fn submit_request(&self, mut io: BdevIo) {
         io.driver_ctx()[DONE] = 0;
-        self.cache.wb.note_io(self.origin.now());
+        self.cache.wb().note_io(self.origin.now());
         let mode = self.cache.mode();
         match io.io_type() {
             IoType::Read => {
@@ -106,7 +88,7 @@ impl BdevChannelOps for CacheBdevChannel {
             IoType::Unmap | IoType::WriteZeroes => {
                 // Durable mode: a tombstone is persistent at completion, an origin unmap not.
                 if mode == CacheMode::Writeback
-                    || self.cache.durable
+                    || self.cache.durable()
                     || !self.origin.io_type_supported(io.io_type())
                     || holds_dirty(&self.cache, &io)
                 {
@@ -127,13 +109,13 @@ impl CacheBdevChannel {
         if cutoff == 0 {
             return false;
         }
-        let bytes = io.num_blocks() * u64::from(self.cache.block_size);
+        let bytes = io.num_blocks() * u64::from(self.cache.block_size());
         let run = self
             .streams
             .note(io.offset_blocks(), io.num_blocks(), bytes);
         let past = run > cutoff;
         if past {
-            Stats::add(&self.cache.stats.sequential_bypassed, 1);
+            self.cache.stats().sequential_bypassed.add(1);
         }
         past
     }
@@ -146,7 +128,7 @@ fn holds_dirty(cache: &Cache, io: &BdevIo) -> bool {
     let mut at = lba;
     while at < lba + n && !dirty {
         let len = (lba + n - at).min(u64::from(u32::MAX)) as u32;
-        cache.index.lookup(at, len, |piece| {
+        cache.index().lookup(at, len, |piece| {
             dirty |= matches!(piece, Piece::Hit(e) if e.dirty);
         });
         at += u64::from(len);
@@ -163,9 +145,7 @@ fn write_to_origin(ch: &CacheBdevChannel, io: BdevIo) {
     }
     // An origin without FLUSH has no volatile cache to lose the write from.
     if ch.origin.io_type_supported(IoType::Flush) {
-        ch.cache
-            .around
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        ch.cache.note_around();
     }
     let flags = around_flags(&ch.cache, &io);
     // (forward_with fails the parent itself on a refusal other than NoMemory, which a
@@ -181,7 +161,7 @@ fn write_to_origin(ch: &CacheBdevChannel, io: BdevIo) {
 fn around_flags(cache: &Cache, io: &BdevIo) -> bdev::IoFlags {
     let mut flags = io.flags();
     let copied = io.io_type() == IoType::Write && io.driver_ctx_ref()[DONE] & CACHE_AFTER != 0;
-    flags.fua |= copied || cache.durable;
+    flags.fua |= copied || cache.durable();
     flags
 }
 
@@ -203,7 +183,7 @@ impl CacheBdevChannel {
             self.origin.queue_io_wait(retry, IoCtx::Io(io));
         } else {
             self.back_from_origin();
-            Stats::add(&self.cache.stats.origin_errors, 1);
+            self.cache.stats().origin_errors.add(1);
             io.fail(e.error.errno());
         }
     }
@@ -226,7 +206,7 @@ fn resumed(ctx: IoCtx) -> Option<(BdevIo, Rc<CacheBdevChannel>)> {
         io.fail(libc::ENODEV);
         return None;
     };
-    Stats::add(&ch.cache.stats.origin_io_waits, 1);
+    ch.cache.stats().origin_io_waits.add(1);
     Some((io, ch))
 }
 
@@ -242,7 +222,7 @@ fn origin_done(child: BdevIo, ok: bool, ctx: IoCtx) -> Option<(BdevIo, Rc<CacheB
     };
     ch.back_from_origin();
     if !ok {
-        Stats::add(&ch.cache.stats.origin_errors, 1);
+        ch.cache.stats().origin_errors.add(1);
         io.fail(match status {
             IoStatus::Failed(e) => e,
             _ => libc::EIO,
@@ -259,10 +239,10 @@ fn origin_write_done(child: BdevIo, ok: bool, ctx: IoCtx) {
     let cache = &ch.cache;
     let (lba, n) = (io.offset_blocks(), io.num_blocks());
     if io.io_type() == IoType::Write {
-        Stats::add(
-            &cache.stats.bytes_written_origin,
-            n * u64::from(cache.block_size),
-        );
+        cache
+            .stats()
+            .bytes_written_origin
+            .add(n * u64::from(cache.block_size()));
     }
     // A read that began after the first invalidation may have cached what the origin held
     // before this write: writethrough replaces it with the new data, the others drop it again.
@@ -287,11 +267,11 @@ fn invalidate(lane_ch: &LaneChannel, lba: u64, n: u64) -> Result<(), i32> {
         let at = lba + done;
         done += u64::from(len);
         let mut cached = false;
-        cache.index.lookup(at, len, |piece| {
+        cache.index().lookup(at, len, |piece| {
             cached |= matches!(piece, Piece::Hit(_));
         });
         if !cached {
-            cache.index.remove_range(at, len);
+            cache.index().remove_range(at, len);
             continue;
         }
         let mut lane_ref = lane_ch.lane.borrow_mut();
@@ -310,14 +290,14 @@ fn invalidate(lane_ch: &LaneChannel, lba: u64, n: u64) -> Result<(), i32> {
             .append_key(lane, key)
             .and_then(|()| lane.seal(&cache.log_ctx()));
         if let Err(e) = logged {
-            tracing::error!(cache = %cache.name, "logging an invalidation failed: {e}");
+            tracing::error!(cache = %cache.name(), "logging an invalidation failed: {e}");
             return Err(libc::EIO);
         }
-        Stats::add(&cache.stats.keysets_sealed, 1);
-        Stats::add(
-            &cache.stats.bytes_invalidated,
-            dropped.total() * u64::from(cache.block_size),
-        );
+        cache.stats().keysets_sealed.add(1);
+        cache
+            .stats()
+            .bytes_invalidated
+            .add(dropped.total() * u64::from(cache.block_size()));
     }
     Ok(())
 }
@@ -325,7 +305,7 @@ fn invalidate(lane_ch: &LaneChannel, lba: u64, n: u64) -> Result<(), i32> {
 /// Writes the rest of `io` into the lane; defers it when the cache is full.
 fn write_continue(lane_ch: &LaneChannel, mut io: BdevIo) {
     let cache = &lane_ch.cache;
-    let bs = cache.block_size;
+    let bs = cache.block_size();
     let total = io.num_blocks() as u32;
     let lba = io.offset_blocks();
     let word = io.driver_ctx()[DONE];
@@ -338,27 +318,27 @@ fn write_continue(lane_ch: &LaneChannel, mut io: BdevIo) {
     };
     while done < total {
         let want = (total - done).min(MAX_KEY_BLOCKS);
-        let Some(space) = lane.alloc_data(&cache.segments, &cache.layout, want) else {
+        let Some(space) = lane.alloc_data(cache.segments(), cache.layout(), want) else {
             // Counted once per write, however often it has to wait again.
             if word & DEFERRED == 0 {
-                Stats::add(&cache.stats.deferred_writes, 1);
+                cache.stats().deferred_writes.add(1);
             }
             io.driver_ctx()[DONE] = u64::from(done) | DEFERRED;
             drop(lane_ref);
-            cache.gc.note_deferred();
+            cache.gc().note_deferred();
             lane_ch.deferred.borrow_mut().push_back(io);
             return;
         };
         let bytes = (space.blocks * bs) as usize;
-        let pos = crate::segments::cache_pos(&cache.layout, space.seg, space.off);
+        let pos = crate::segments::cache_pos(cache.layout(), space.seg, space.off);
         let mut at = cache.pos_offset(pos);
         let mut crc = 0u32;
         let mut failed = false;
         iov::for_each_range(io.iovs(), done as usize * bs as usize, bytes, |src| {
-            if cache.data_crc {
+            if cache.data_crc() {
                 crc = crc32c::crc32c_append(crc, src);
             }
-            failed |= cache.pmem.write_nt(at, src).is_err();
+            failed |= cache.pmem().write_nt(at, src).is_err();
             at += src.len() as u64;
         });
         if failed {
@@ -375,7 +355,7 @@ fn write_continue(lane_ch: &LaneChannel, mut io: BdevIo) {
         };
         let key = cache.key_for(seq, key_lba, space.blocks, &space, crc, true);
         if let Err(e) = cache.append_key(lane, key) {
-            tracing::error!(cache = %cache.name, "appending a key failed: {e}");
+            tracing::error!(cache = %cache.name(), "appending a key failed: {e}");
             drop(lane_ref);
             io.fail(libc::EIO);
             return;
@@ -383,11 +363,11 @@ fn write_continue(lane_ch: &LaneChannel, mut io: BdevIo) {
         done += space.blocks;
     }
     drop(lane_ref);
-    Stats::add(
-        &cache.stats.bytes_written_cache,
-        u64::from(total) * u64::from(bs),
-    );
-    if io.flags().fua || cache.durable {
+    cache
+        .stats()
+        .bytes_written_cache
+        .add(u64::from(total) * u64::from(bs));
+    if io.flags().fua || cache.durable() {
         lane_ch.awaiting_seal.borrow_mut().push_back(io);
     } else {
         io.complete_ok();
@@ -411,14 +391,14 @@ fn zero_range(lane_ch: &LaneChannel, io: BdevIo) {
         let blocks = (total - done).min(u64::from(u32::MAX)) as u32;
         // Writeback drops written-back ZERO entries only when no newer tombstone can be in the
         // index; the lock makes "seq taken, ZERO inserted, recorded" one step for it.
-        let unmap_guard = cache.wb.unmap_guard();
+        let unmap_guard = cache.wb().unmap_guard();
         let Ok(seq) = cache.insert_ordered(lane, &Extent::zero(lba + done, blocks, true)) else {
             drop(unmap_guard);
             drop(lane_ref);
             io.fail(libc::EINVAL);
             return;
         };
-        cache.wb.note_unmap(seq);
+        cache.wb().note_unmap(seq);
         drop(unmap_guard);
         let key = crate::format::Key {
             seq,
@@ -428,7 +408,7 @@ fn zero_range(lane_ch: &LaneChannel, io: BdevIo) {
             ..Default::default()
         };
         if let Err(e) = cache.append_key(lane, key) {
-            tracing::error!(cache = %cache.name, "appending a key failed: {e}");
+            tracing::error!(cache = %cache.name(), "appending a key failed: {e}");
             drop(lane_ref);
             io.fail(libc::EIO);
             return;
@@ -436,7 +416,7 @@ fn zero_range(lane_ch: &LaneChannel, io: BdevIo) {
         done += u64::from(blocks);
     }
     drop(lane_ref);
-    if cache.durable {
+    if cache.durable() {
         lane_ch.awaiting_seal.borrow_mut().push_back(io);
     } else {
         io.complete_ok();
@@ -452,7 +432,7 @@ pub(crate) fn resume_deferred(lane_ch: &LaneChannel, io: BdevIo) {
 /// caches the data and comes back here for the rest.
 fn read_continue(ch: &CacheBdevChannel, mut io: BdevIo) {
     let cache = &ch.cache;
-    let bs = u64::from(cache.block_size);
+    let bs = u64::from(cache.block_size());
     let lba = io.offset_blocks();
     let total = io.num_blocks();
     let word = io.driver_ctx()[DONE];
@@ -463,10 +443,12 @@ fn read_continue(ch: &CacheBdevChannel, mut io: BdevIo) {
     let mut bad_clean: Option<Extent> = None;
     // Taken before the lookup: a write that lands after it changes the version, so the miss read
     // that follows cannot cache origin data over it (a write before it shows as a hit instead).
-    let version = cache.index.range_version(lba + done, (total - done) as u32);
+    let version = cache
+        .index()
+        .range_version(lba + done, (total - done) as u32);
     let iovs: &[IoVec] = io.iovs();
     cache
-        .index
+        .index()
         .lookup(lba + done, (total - done) as u32, |piece| {
             if miss.is_some() || err != 0 {
                 return;
@@ -493,11 +475,13 @@ fn read_continue(ch: &CacheBdevChannel, mut io: BdevIo) {
                 }
             }
         });
-    Stats::add(&cache.stats.bytes_read_cache, hits * bs);
+    cache.stats().bytes_read_cache.add(hits * bs);
     if let Some(e) = bad_clean {
         // Drop the damaged clean copy; the next lookup sees a miss and reads the origin.
         let end = e.orig_pos + u64::from(e.orig_len);
-        cache.index.evict(e.lba, e.len, e.orig_pos, end, |_, _| {});
+        cache
+            .index()
+            .evict(e.lba, e.len, e.orig_pos, end, |_, _| {});
         io.driver_ctx()[DONE] = word;
         read_continue(ch, io);
         return;
@@ -509,11 +493,11 @@ fn read_continue(ch: &CacheBdevChannel, mut io: BdevIo) {
     let seen = (word & (SAW_HIT | SAW_MISS)) | if hits > 0 { SAW_HIT } else { 0 };
     let Some((m, len)) = miss else {
         let counter = match (seen & SAW_HIT != 0, seen & SAW_MISS != 0) {
-            (true, true) => &cache.stats.read_partial_hits,
-            (false, true) => &cache.stats.read_misses,
-            _ => &cache.stats.read_hits,
+            (true, true) => &cache.stats().read_partial_hits,
+            (false, true) => &cache.stats().read_misses,
+            _ => &cache.stats().read_hits,
         };
-        Stats::add(counter, 1);
+        counter.add(1);
         io.complete_ok();
         return;
     };
@@ -531,7 +515,7 @@ fn read_continue(ch: &CacheBdevChannel, mut io: BdevIo) {
 fn read_miss(ch: &CacheBdevChannel, io: BdevIo) {
     let d = *io.driver_ctx_ref();
     let (m, len) = (d[MISS_LBA], d[MISS_LEN]);
-    let bs = u64::from(ch.cache.block_size);
+    let bs = u64::from(ch.cache.block_size());
     // A scratch iovec list per miss.
     let mut sub = [empty_iov(); 16];
     let Some(n) = iov::slice_to(
@@ -571,16 +555,16 @@ const CLEAN_CRC_ERROR: i32 = -1;
 /// the bytes checked, read once); a piece of a larger key is checked in place first.
 fn copy_hit(cache: &Cache, e: &Extent, iovs: &[IoVec], dst_off: usize) -> Result<(), i32> {
     let whole = e.pos == e.orig_pos && e.len == e.orig_len;
-    if cache.data_crc && !whole && !crc_ok(cache, e) {
+    if cache.data_crc() && !whole && !cache.crc_ok(e) {
         return Err(crc_failure(cache, e));
     }
     let mut at = cache.pos_offset(e.pos);
-    let bytes = e.len as usize * cache.block_size as usize;
+    let bytes = e.len as usize * cache.block_size() as usize;
     let mut failed = false;
     let mut crc = 0u32;
     iov::for_each_range_mut(iovs, dst_off, bytes, |dst| {
-        failed |= cache.pmem.read(at, dst).is_err();
-        if cache.data_crc {
+        failed |= cache.pmem().read(at, dst).is_err();
+        if cache.data_crc() {
             crc = crc32c::crc32c_append(crc, dst);
         }
         at += dst.len() as u64;
@@ -588,7 +572,7 @@ fn copy_hit(cache: &Cache, e: &Extent, iovs: &[IoVec], dst_off: usize) -> Result
     if failed {
         return Err(libc::EIO);
     }
-    if cache.data_crc && whole && crc != e.crc {
+    if cache.data_crc() && whole && crc != e.crc {
         return Err(crc_failure(cache, e));
     }
     Ok(())
@@ -596,27 +580,10 @@ fn copy_hit(cache: &Cache, e: &Extent, iovs: &[IoVec], dst_off: usize) -> Result
 
 /// Counts and logs cached data that fails its crc; the error for the read.
 fn crc_failure(cache: &Cache, e: &Extent) -> i32 {
-    Stats::add(&cache.stats.crc_errors, 1);
-    tracing::error!(cache = %cache.name, lba = e.lba, blocks = e.len, dirty = e.dirty, "cached data fails its crc");
+    cache.stats().crc_errors.add(1);
+    tracing::error!(cache = %cache.name(), lba = e.lba, blocks = e.len, dirty = e.dirty, "cached data fails its crc");
     // Dirty data has no other copy: fail rather than return wrong bytes.
     if e.dirty { libc::EIO } else { CLEAN_CRC_ERROR }
-}
-
-/// crc32c over the original key's whole data, read in place.
-pub(crate) fn crc_ok(cache: &Cache, e: &Extent) -> bool {
-    let at = cache.pos_offset(e.orig_pos);
-    let len = u64::from(e.orig_len) * u64::from(cache.block_size);
-    crc_matches(cache, at, len, e.crc)
-}
-
-/// Whether the `len` bytes at pmem offset `at` have crc32c `crc` (read in place).
-pub(crate) fn crc_matches(cache: &Cache, at: u64, len: u64, crc: u32) -> bool {
-    let mut got = 0u32;
-    cache
-        .pmem
-        .visit(at, len, &mut |b| got = crc32c::crc32c_append(got, b))
-        .is_ok()
-        && got == crc
 }
 
 fn origin_read_done(child: BdevIo, ok: bool, ctx: IoCtx) {
@@ -625,17 +592,20 @@ fn origin_read_done(child: BdevIo, ok: bool, ctx: IoCtx) {
     };
     let d = *io.driver_ctx();
     let (m, len, version) = (d[MISS_LBA], d[MISS_LEN] as u32, d[MISS_VERSION]);
-    Stats::add(
-        &ch.cache.stats.bytes_read_origin,
-        u64::from(len) * u64::from(ch.cache.block_size),
-    );
+    ch.cache
+        .stats()
+        .bytes_read_origin
+        .add(u64::from(len) * u64::from(ch.cache.block_size()));
     // Only data the origin holds durably is cached as clean: a copy of what a write around the
     // cache left in the origin's volatile cache could outlive it after a power cut.
     if d[DONE] & NO_PROMOTE == 0
         && ch.cache.origin_flushed()
-        && ch.cache.promotion.admit(m, ch.cache.promotion_threshold())
+        && ch
+            .cache
+            .promotion()
+            .admit(m, ch.cache.promotion_threshold())
     {
-        let off = ((m - io.offset_blocks()) * u64::from(ch.cache.block_size)) as usize;
+        let off = ((m - io.offset_blocks()) * u64::from(ch.cache.block_size())) as usize;
         cache_copy(&ch.lane, io.iovs(), off, m, len, Fill::IfUnchanged(version));
     }
     read_continue(&ch, io);
@@ -663,7 +633,7 @@ fn cache_copy(
     how: Fill,
 ) -> bool {
     let cache = &lane_ch.cache;
-    let bs = cache.block_size;
+    let bs = cache.block_size();
     let mut lane_ref = lane_ch.lane.borrow_mut();
     let Some(lane) = lane_ref.as_mut() else {
         return false;
@@ -672,21 +642,21 @@ fn cache_copy(
     let mut all = true;
     while done < len {
         let Some(space) = lane.alloc_data(
-            &cache.segments,
-            &cache.layout,
+            cache.segments(),
+            cache.layout(),
             (len - done).min(MAX_KEY_BLOCKS),
         ) else {
             return false;
         };
-        let pos = crate::segments::cache_pos(&cache.layout, space.seg, space.off);
+        let pos = crate::segments::cache_pos(cache.layout(), space.seg, space.off);
         let mut at = cache.pos_offset(pos);
         let mut crc = 0u32;
         let off = src_off + done as usize * bs as usize;
         iov::for_each_range(iovs, off, (space.blocks * bs) as usize, |src| {
-            if cache.data_crc {
+            if cache.data_crc() {
                 crc = crc32c::crc32c_append(crc, src);
             }
-            let _ = cache.pmem.write_nt(at, src);
+            let _ = cache.pmem().write_nt(at, src);
             at += src.len() as u64;
         });
         let key_lba = lba + u64::from(done);
@@ -694,15 +664,15 @@ fn cache_copy(
         let seq = match how {
             Fill::IfUnchanged(version) => {
                 let seq = cache.take_seq(lane);
-                let filled = cache.index.fill(&extent, version).is_ok_and(|n| n > 0);
+                let filled = cache.index().fill(&extent, version).is_ok_and(|n| n > 0);
                 filled.then_some(seq)
             }
             Fill::Newest => cache.insert_ordered(lane, &extent).ok(),
         };
         let Some(seq) = seq else {
             // No key names the space: give its reference back (GC could never drop it).
-            if cache.segments.put_ref(space.seg) {
-                cache.segments.retire(space.seg);
+            if cache.segments().put_ref(space.seg) {
+                cache.segments().retire(space.seg);
             }
             all = false;
             done += space.blocks;
@@ -710,14 +680,14 @@ fn cache_copy(
         };
         let key = cache.key_for(seq, key_lba, space.blocks, &space, crc, false);
         if let Err(e) = cache.append_key(lane, key) {
-            tracing::error!(cache = %cache.name, "appending a key failed: {e}");
+            tracing::error!(cache = %cache.name(), "appending a key failed: {e}");
             return false;
         }
         let counter = match how {
-            Fill::IfUnchanged(_) => &cache.stats.bytes_promoted,
-            Fill::Newest => &cache.stats.bytes_written_cache,
+            Fill::IfUnchanged(_) => &cache.stats().bytes_promoted,
+            Fill::Newest => &cache.stats().bytes_written_cache,
         };
-        Stats::add(counter, u64::from(space.blocks) * u64::from(bs));
+        counter.add(u64::from(space.blocks) * u64::from(bs));
         done += space.blocks;
     }
     all
@@ -729,20 +699,20 @@ fn flush(ch: &CacheBdevChannel, io: BdevIo) {
     // The flush I/O cannot travel between threads; it waits in this thread's lane until the walk
     // over every thread's lane comes back.
     ch.lane.awaiting_flush.borrow_mut().push_back(io);
-    let c2 = cache.clone();
-    cache.lanes.for_each_channel(
+    let lanes = ch.lanes.clone();
+    ch.lanes.for_each_channel(
         |lane: &poller::IoChannel<LaneChannel>| {
             if let Err(e) = lane.seal() {
-                tracing::error!(cache = %lane.cache.name, "sealing for FLUSH failed: {e}");
+                tracing::error!(cache = %lane.cache.name(), "sealing for FLUSH failed: {e}");
             }
         },
         move || {
             let Some(t) = Thread::current() else { return };
-            let Some(lane) = c2.lanes.existing_channel(&t) else {
+            let Some(lane) = lanes.existing_channel(&t) else {
                 return;
             };
             if let Some(io) = lane.awaiting_flush.borrow_mut().pop_front() {
-                if c2.pmem.sync().is_err() {
+                if cache.pmem().sync().is_err() {
                     io.fail(libc::EIO);
                 } else {
                     flush_origin(io);
@@ -759,7 +729,7 @@ fn flush_origin(mut io: BdevIo) {
         io.fail(libc::ENODEV);
         return;
     };
-    let at = ch.cache.around.load(std::sync::atomic::Ordering::Acquire);
+    let at = ch.cache.around();
     if ch.cache.origin_flushed() || !ch.origin.io_type_supported(IoType::Flush) {
         io.complete_ok();
         return;

@@ -76,14 +76,6 @@ impl Lane {
         })
     }
 
-    /// Blocks that can be written without a new segment, and whether a free one exists beyond.
-    pub fn room(&self, segments: &SegmentTable, layout: &Layout) -> (u32, bool) {
-        let here = self
-            .data
-            .map_or(0, |h| (layout.segment_size() - h.off) / layout.block_size());
-        (here, segments.counts().used < segments.counts().total)
-    }
-
     pub fn seal(&mut self, ctx: &LogCtx) -> Result<(), LogError> {
         self.log.seal(ctx)
     }

@@ -7,7 +7,6 @@ use bdev::Bdev;
 use rpc::{Responder, RpcError, StateMask};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::sync::atomic::Ordering;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,11 +33,11 @@ fn percent(part: u32, total: u32) -> f64 {
 /// `data_occupancy_percent` the data segments alone; `metadata_bytes` the pmem that holds
 /// metadata (the records before the first segment and the key segments).
 pub fn stats_json(cache: &Cache) -> Value {
-    let s = &cache.stats;
-    let g = |c: &crate::instance::Counter| c.get();
-    let idx = cache.index.stats();
-    let segs = cache.segments.counts();
-    let bs = u64::from(cache.block_size);
+    let s = cache.stats();
+    let g = |c: &crate::stats::Counter| c.get();
+    let idx = cache.index().stats();
+    let segs = cache.segments().counts();
+    let bs = u64::from(cache.block_size());
     let meta = cache.meta();
     let tails: Vec<Value> = meta
         .tails
@@ -54,17 +53,12 @@ pub fn stats_json(cache: &Cache) -> Value {
         })
         .collect();
     let heads: Vec<Value> = cache
-        .lane_heads
-        .lock()
-        .map(|h| {
-            h.iter()
-                .map(|l| l.persisted_head())
-                .map(|p| json!(format!("{}:{}", p.seg, p.off)))
-                .collect()
-        })
-        .unwrap_or_default();
+        .persisted_heads()
+        .iter()
+        .map(|p| json!(format!("{}:{}", p.seg, p.off)))
+        .collect();
     json!({
-        "name": cache.name,
+        "name": cache.name(),
         "mode": cache.mode(),
         "read_hits": g(&s.read_hits),
         "read_misses": g(&s.read_misses),
@@ -78,8 +72,8 @@ pub fn stats_json(cache: &Cache) -> Value {
         "cached_bytes": idx.cached_blocks * bs,
         "occupancy_percent": percent(segs.used, segs.total),
         "data_occupancy_percent": percent(segs.data, segs.total),
-        "metadata_bytes": cache.layout.segment_base()
-            + u64::from(segs.key) * u64::from(cache.layout.segment_size()),
+        "metadata_bytes": cache.layout().segment_base()
+            + u64::from(segs.key) * u64::from(cache.layout().segment_size()),
         "segments_total": segs.total,
         "segments_used": segs.used,
         "segments_data": segs.data,
@@ -89,7 +83,7 @@ pub fn stats_json(cache: &Cache) -> Value {
         "keysets_sealed": g(&s.keysets_sealed),
         "deferred_writes": g(&s.deferred_writes),
         "written_back_seq": meta.tails.written_back_seq,
-        "next_seq": cache.seq.load(Ordering::Relaxed),
+        "next_seq": cache.next_seq(),
         "key_heads": heads,
         "tails": tails,
         "sequential_bypassed": g(&s.sequential_bypassed),
@@ -102,16 +96,16 @@ pub fn stats_json(cache: &Cache) -> Value {
         "writeback_bytes": g(&s.writeback_bytes),
         "writeback_batches": g(&s.writeback_batches),
         "writeback_keys": g(&s.writeback_keys),
-        "writeback_rate": cache.wb.rate(),
-        "gc_percent": cache.gc.gc_percent(),
+        "writeback_rate": cache.wb().rate(),
+        "gc_percent": cache.gc().gc_percent(),
         "gc_runs": g(&s.gc_runs),
         "gc_keys": g(&s.gc_keys),
         "gc_evicted_bytes": g(&s.gc_evicted_bytes),
         "gc_second_chance_bytes": g(&s.gc_second_chance_bytes),
         "gc_segments_freed": g(&s.gc_segments_freed),
         "segments_retiring": segs.retiring,
-        "writes_deferred_now": cache.gc.deferred(),
-        "flush_in_progress": cache.wb.flush_target().is_some_and(|t| t > meta.tails.written_back_seq),
+        "writes_deferred_now": cache.gc().deferred(),
+        "flush_in_progress": cache.wb().flush_target().is_some_and(|t| t > meta.tails.written_back_seq),
     })
 }
 
@@ -151,7 +145,7 @@ pub fn register_rpcs() {
         StateMask::RUNTIME,
         |p: NameParams, r: Responder| {
             r.result(cache_named(&p.name).map(|c| {
-                c.stats.reset();
+                c.stats().reset();
                 json!(true)
             }))
         },
@@ -172,7 +166,7 @@ pub fn register_rpcs() {
         StateMask::RUNTIME,
         |p: NameParams, r: Responder| {
             r.result(cache_named(&p.name).map(|c| {
-                crate::writeback::flush_start(&c);
+                c.flush_start();
                 json!(true)
             }))
         },
@@ -180,8 +174,6 @@ pub fn register_rpcs() {
     rpc::register(
         "bdev_pcache_flush_status",
         StateMask::RUNTIME,
-        |p: NameParams, r: Responder| {
-            r.result(cache_named(&p.name).map(|c| crate::writeback::flush_status(&c)))
-        },
+        |p: NameParams, r: Responder| r.result(cache_named(&p.name).map(|c| c.flush_status())),
     );
 }

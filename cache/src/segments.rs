@@ -232,13 +232,6 @@ pub fn cache_pos(layout: &Layout, seg: u32, data_off: u32) -> u64 {
         / u64::from(layout.block_size())
 }
 
-/// Where cache block `pos` lives: (segment, byte offset in it).
-pub fn pos_location(layout: &Layout, pos: u64) -> (u32, u32) {
-    let bytes = pos * u64::from(layout.block_size());
-    let seg_size = u64::from(layout.segment_size());
-    ((bytes / seg_size) as u32, (bytes % seg_size) as u32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,17 +1,22 @@
 //! The pcache bdev: creation (format or reattach with replay), the bdev operations, clean shutdown
 //! at delete, and its place in save_config.
 
+use crate::channel::CacheBdevChannel;
 use crate::error::CacheError;
-use crate::format::{self, CacheInfo, FormatError, FormatParams, LogPos, OriginId, SlotWriter};
+use crate::format::{
+    self, CacheInfo, FormatError, FormatParams, LogPos, MetaWriter, OriginId, SlotWriter,
+};
 use crate::index::{Index, IndexConfig};
-use crate::instance::{Cache, CacheBdevChannel, MetaWriter};
+use crate::instance::Cache;
 use crate::lane::Lane;
+use crate::lane_channel::{LaneChannel, lane_device};
 use crate::log::LaneLog;
 use crate::params::CreateParams;
 use crate::segments::SegmentTable;
 use bdev::{
     Bdev, BdevChannelOps, BdevDesc, BdevError, BdevEvent, BdevModule, BdevOps, BdevProps, IoType,
 };
+use poller::IoDevice;
 use serde_json::{Value, json};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -35,6 +40,7 @@ impl BdevModule for PcacheModule {
 
 struct PcacheOps {
     cache: Arc<Cache>,
+    lanes: IoDevice<LaneChannel>,
 }
 
 impl BdevOps for PcacheOps {
@@ -52,27 +58,23 @@ impl BdevOps for PcacheOps {
 
     fn create_channel(&self) -> Result<Rc<dyn BdevChannelOps>, BdevError> {
         let cache = self.cache.clone();
-        let origin = {
-            let d = cache.origin_desc.lock().unwrap_or_else(|p| p.into_inner());
-            d.as_ref()
-                .ok_or_else(|| BdevError::io(libc::ENODEV, "origin is gone"))?
-                .get_io_channel()?
-        };
-        let lane = cache
+        let origin = cache.origin_channel()?;
+        let lane = self
             .lanes
             .get_channel()
             .map_err(|e| BdevError::io(e, "no lane channel"))?;
         if lane.lane.borrow().is_none() {
             return Err(BdevError::io(
                 libc::EBUSY,
-                format!("{}: every lane is taken by another thread", cache.name),
+                format!("{}: every lane is taken by another thread", cache.name()),
             ));
         }
-        lane.rc().start_poller();
+        lane.rc().start_poller(crate::io::resume_deferred);
         Ok(Rc::new(CacheBdevChannel {
             cache,
             origin,
             lane,
+            lanes: self.lanes.clone(),
             streams: Default::default(),
             at_origin: Default::default(),
         }))
@@ -83,13 +85,7 @@ impl BdevOps for PcacheOps {
     }
 
     fn write_config_json(&self) -> Option<Value> {
-        let p = self
-            .cache
-            .params
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        Some(json!({"method": "bdev_pcache_create", "params": p}))
+        Some(json!({"method": "bdev_pcache_create", "params": self.cache.params()}))
     }
 
     fn destruct(&self) {
@@ -98,25 +94,21 @@ impl BdevOps for PcacheOps {
 }
 
 fn info_json(cache: &Cache) -> Value {
-    let p = cache
-        .params
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let p = cache.params();
     json!({
-        "name": cache.name,
+        "name": cache.name(),
         "cache_bdev": p.cache_bdev,
         "origin_bdev": p.origin_bdev,
         "mode": cache.mode(),
-        "data_crc": cache.data_crc,
-        "durable": cache.durable,
+        "data_crc": cache.data_crc(),
+        "durable": cache.durable(),
         "gc_percent": p.gc_percent,
         "promotion_threshold": p.promotion_threshold,
         "sequential_cutoff": p.sequential_cutoff,
         "writeback_dirty_target": p.writeback_dirty_target,
         "writeback_rate_limit": p.writeback_rate_limit,
-        "segment_size": cache.layout.segment_size(),
-        "segment_count": cache.layout.segment_count(),
+        "segment_size": cache.layout().segment_size(),
+        "segment_count": cache.layout().segment_count(),
     })
 }
 
@@ -124,29 +116,20 @@ fn info_json(cache: &Cache) -> Value {
 /// and is found again by the next create.
 fn shutdown(cache: &Cache) {
     // Writeback submits and persists nothing more; its poller goes once its I/O has completed.
-    cache.wb.stop();
+    cache.wb().stop();
     if let Err(e) = cache.seal_free_lanes() {
-        tracing::error!(cache = %cache.name, "sealing lanes at shutdown failed: {e}");
+        tracing::error!(cache = %cache.name(), "sealing lanes at shutdown failed: {e}");
         return;
     }
     let mut meta = cache.meta();
     meta.info.flags |= CacheInfo::CLEAN_SHUTDOWN;
     let info = meta.info.encode();
-    if let Err(e) = meta.info_slot.write(&*cache.pmem, &info) {
-        tracing::error!(cache = %cache.name, "recording the clean shutdown failed: {e}");
+    if let Err(e) = meta.info_slot.write(cache.pmem(), &info) {
+        tracing::error!(cache = %cache.name(), "recording the clean shutdown failed: {e}");
     }
     drop(meta);
-    cache
-        .origin_desc
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    cache
-        .cache_desc
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    tracing::info!(cache = %cache.name, "pcache stopped cleanly");
+    cache.close_descs();
+    tracing::info!(cache = %cache.name(), "pcache stopped cleanly");
 }
 
 /// A segment size the cache can hold at least 32 of (never below 1 MiB, never above the asked one).
@@ -211,18 +194,18 @@ pub fn create(params: CreateParams) -> Result<Bdev, CacheError> {
     origin_desc.claim(MODULE)?;
 
     let cache = attach(&params, pmem, origin, origin_bdev.name())?;
-    *cache.origin_desc.lock().unwrap_or_else(|p| p.into_inner()) = Some(origin_desc);
-    *cache.cache_desc.lock().unwrap_or_else(|p| p.into_inner()) = Some(cache_desc);
+    cache.set_descs(origin_desc, cache_desc);
+    let lanes = lane_device(&cache);
     // Writeback runs on this (the management) thread until shutdown stops it.
-    crate::writeback::start(&cache)?;
+    crate::writeback::start(&cache, lanes.clone())?;
     // GC too; both stop at shutdown (`WritebackShared::stop`).
-    if let Err(e) = crate::gc::start(&cache) {
-        cache.wb.stop();
+    if let Err(e) = crate::gc::start(&cache, lanes.clone()) {
+        cache.wb().stop();
         return Err(e);
     }
     // Reattached in a mode that writes around the cache: what is still dirty must be cleaned.
-    if params.mode != crate::params::CacheMode::Writeback && cache.index.stats().dirty_blocks > 0 {
-        crate::writeback::flush_start(&cache);
+    if params.mode != crate::params::CacheMode::Writeback && cache.dirty_bytes() > 0 {
+        cache.flush_start();
     }
 
     let mut props = BdevProps::new(&name, MODULE, "pcache", origin.block_size, origin.blocks);
@@ -234,7 +217,7 @@ pub fn create(params: CreateParams) -> Result<Bdev, CacheError> {
             .unwrap_or_else(|| uuid::Uuid::new_v5(&UUID_NAMESPACE, origin.uuid.as_bytes())),
     );
     props.write_cache = !params.durable;
-    Ok(Bdev::register(props, Arc::new(PcacheOps { cache }))?)
+    Ok(Bdev::register(props, Arc::new(PcacheOps { cache, lanes }))?)
 }
 
 /// Formats (when asked, or when the device holds no cache) or opens and replays.
@@ -268,7 +251,7 @@ fn attach(
         None => {
             let mut fp = FormatParams::new(uuid::Uuid::new_v4(), origin, FORMAT_LANES);
             fp.segment_size = fitting_segment_size(pmem.len(), params.segment_size);
-            fp.info = info_from(params);
+            fp.info = crate::options::info_for(params);
             format::format(&*pmem, &fp)?;
             tracing::info!(pcache = %params.name, segment_size = fp.segment_size, "cache formatted");
             format::open(&*pmem, &origin)?
@@ -296,7 +279,7 @@ fn attach(
         .collect();
     // The tunables are the ones given now (a config or RPC wins over what pmem recorded); the
     // first write after this start makes the cache dirty again, so the clean flag goes now.
-    let info = info_from(params);
+    let info = crate::options::info_for(params);
     let mut info_slot: SlotWriter = meta.info_slot;
     info_slot.write(&*pmem, &info.encode())?;
     let writer = MetaWriter {
@@ -310,7 +293,6 @@ fn attach(
         pmem,
         layout,
         format_id,
-        origin.blocks,
         index,
         segments,
         next_seq,
@@ -436,25 +418,6 @@ fn lanes_after_replay(
         .map(|l| (l.lane, l.head, l.head_gen, l.next_seq))
         .collect();
     Ok((lanes, r.max_seq + 1))
-}
-
-fn info_from(p: &CreateParams) -> CacheInfo {
-    let mut info = CacheInfo {
-        mode: p.mode.into(),
-        gc_percent: p.gc_percent,
-        promotion: p.promotion_threshold,
-        seq_cutoff: p.sequential_cutoff,
-        writeback_target: u64::from(p.writeback_dirty_target) * 100,
-        writeback_rate: p.writeback_rate_limit,
-        ..CacheInfo::default()
-    };
-    if p.data_crc {
-        info.flags |= CacheInfo::DATA_CRC;
-    }
-    if p.durable {
-        info.flags |= CacheInfo::DURABLE;
-    }
-    info
 }
 
 /// `bdev_pcache_delete`: unregisters the bdev; the clean shutdown runs when its users are gone.

@@ -1,62 +1,20 @@
 //! Writeback: the background engine that copies dirty data to the origin in log order, so the
-//! origin always holds a prefix of the write history (docs/format.md, "Tails").
-//!
-//! One engine per cache, a poller on the thread that created the cache (the management thread),
-//! registered at create and stopped at shutdown. A round ("batch"):
-//!
-//! 1. **Bound.** S, the largest `seq` below which every key is durable: the global sequence minus
-//!    one, and for every lane holding taken-but-unsealed keys, its "min open seq" minus one
-//!    ([`LaneShared::min_open_seq`]). Then every lane's persisted head is read: keys up to S are
-//!    all in the lanes' logs before those heads. Reading stops at each head: a key-set past it
-//!    may still be in flight.
-//! 2. **Gather.** The lanes' logs are read from their dirty tails and merged by `seq`; DIRTY keys
-//!    above the written-back sequence and up to S are taken, at most [`BATCH_KEYS`] keys and
-//!    [`BATCH_BYTES`] of data (one key always fits). `covered` is the `seq` every key up to which
-//!    has been considered: S when the merge ran out, else one below the first key left over.
-//!    Data is copied into a bounce buffer (allocated once) and, with data_crc, checked: a key whose
-//!    data fails its crc (or whose segment was reclaimed) is never written — the batch ends before
-//!    it, it stays dirty and writeback stops there for good (counted, logged loudly).
-//! 3. **Write.** Within a batch, each block is written only in its newest version (later keys win
-//!    over earlier ones, tombstones included), so the pieces are disjoint and all go out at once.
-//!    Tombstones become WRITE_ZEROES on the origin (UNMAP when it has no WRITE_ZEROES): the cache
-//!    promised zeroes for that range, and an UNMAP need not read back as zeroes.
-//! 4. **Flush** the origin, then **persist** the tails (written-back sequence = `covered`; each
-//!    lane's dirty tail = its first key-set holding a key above it), then **clean the index**:
-//!    `mark_clean` for each written data key (only entries still pointing at its data change).
-//! 5. Errors from the origin (a write, zeroing or flush failing) are counted in `origin_errors`
-//!    and the failed step is retried after a back-off doubling from 1 ms to 1 s; nothing is
-//!    dropped and the engine never gives up. No free bdev_io is not an error: the engine waits
-//!    on the origin's channel (`queue_io_wait`) and resubmits from the waiter callback.
-//!
-//! **Tombstones in the index.** A dirty tombstone is a dirty ZERO extent; `zero_written_back` drops
-//! ZERO extents by range, without telling one tombstone from a newer one. Dropping a newer, still
-//! dirty tombstone would let reads reach the origin, which may hold data written between the two.
-//! So written-back tombstone ranges are kept pending and dropped only once no tombstone newer than
-//! the written-back sequence exists: every tombstone takes its `seq`, enters the index and records
-//! its `seq` in `max_unmap_seq` under one short lock (unmaps only), and the engine checks
-//! `max_unmap_seq ≤ written_back_seq` under the same lock around its `zero_written_back` calls.
-//! Until then those ZERO extents stay marked dirty although the origin has them (they read as
-//! zeroes either way); pending ranges beyond [`PENDING_ZERO_MAX`] are forgotten and stay so.
-//!
-//! **Throttling** ([`batch_interval_us`]): a proportional controller toward the dirty target
-//! (`writeback_dirty_target`, percent of capacity). At or below the target, one batch per
-//! [`SLOW_INTERVAL_US`]; above it the pause between batches shrinks in proportion to how far
-//! dirty data is over the target, reaching zero (back to back) when the cache is full of dirty
-//! data; no pause at all while no foreground I/O came for [`IDLE_AFTER_US`] or a flush
-//! (`bdev_pcache_flush_start`) is in progress. `writeback_rate_limit` (bytes/s, 0: none) bounds
-//! every mode: after a batch of n bytes the next waits at least n / limit seconds. (bcache adds an
-//! integral term; with whole batches as the unit of work a proportional term was enough so far.)
+//! origin always holds a prefix of the write history (docs/format.md, "Tails"). One engine per
+//! cache, a poller on the management thread. docs/architecture.md ("Writeback", "Out of
+//! bdev_io") says how a batch is bounded, gathered, written, flushed and committed, how
+//! tombstones leave the index, and how the pace is set ([`batch_interval_us`]).
 
 use crate::error::CacheError;
 use crate::format::{self, Key, KsetError, KsetId, LogPos, MAX_KSET_SIZE};
-use crate::instance::{Cache, Stats};
+use crate::instance::Cache;
+use crate::lane_channel::LaneChannel;
 use crate::segments::cache_pos;
+use crate::shared::WritebackShared;
 use bdev::{BdevChannel, BdevError, BdevIo, DmaBuf, IoCtx, IoFlags, IoType, IoVec};
-use poller::{PollStatus, Poller, Thread};
+use poller::{IoChannel, IoDevice, PollStatus, Poller, Thread};
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 /// Most keys in a batch.
 pub const BATCH_KEYS: usize = 256;
@@ -73,122 +31,35 @@ const KSET_BUDGET: usize = 4096;
 /// Written-back tombstone ranges kept for `zero_written_back`.
 pub const PENDING_ZERO_MAX: usize = 4096;
 
-/// What the engine shares with the data path, the RPCs and shutdown.
-pub struct WritebackShared {
-    stop: AtomicBool,
-    /// `bdev_pcache_flush_start`'s target sequence (0: no flush asked).
-    flush_target: AtomicU64,
-    /// Tick of the latest foreground I/O (stored at most every [`NOTE_IO_EVERY_US`]).
-    last_io_tick: AtomicU64,
-    /// The highest `seq` of any tombstone put in the index (see the module doc).
-    max_unmap_seq: AtomicU64,
-    unmap_lock: Mutex<()>,
-    /// Writeback bytes per second, over the latest second or more.
-    rate: AtomicU64,
-    /// A for_each_channel seal walk, asked by the engine, has not come back yet.
-    seal_walk: Arc<AtomicBool>,
-    /// The engine's step as it last published it (`Engine::publish`), for stall reports.
-    state: AtomicU64,
-}
-
-const NOTE_IO_EVERY_US: u64 = 1_000;
-
-impl WritebackShared {
-    /// `last_seq`: the highest `seq` replay found (tombstones up to it may be in the index).
-    pub fn new(last_seq: u64) -> WritebackShared {
-        WritebackShared {
-            stop: AtomicBool::new(false),
-            flush_target: AtomicU64::new(0),
-            last_io_tick: AtomicU64::new(0),
-            max_unmap_seq: AtomicU64::new(last_seq),
-            unmap_lock: Mutex::new(()),
-            rate: AtomicU64::new(0),
-            seal_walk: Arc::new(AtomicBool::new(false)),
-            state: AtomicU64::new(0),
-        }
+/// What the engine is doing, in words (the stall watchdog's report).
+pub(crate) fn describe(wb: &WritebackShared) -> String {
+    let st = wb.state();
+    let (phase, waits, inflight) = ((st >> 40) as u8, (st >> 32) as u8, st as u32);
+    let doing = match phase {
+        1 => format!("writing a batch to the origin ({inflight} I/Os in flight)"),
+        2 => "retrying a batch after an origin error".to_string(),
+        3 => "flushing the origin".to_string(),
+        4 => "retrying an origin flush after an error".to_string(),
+        5 => "stopped".to_string(),
+        _ => "idle".to_string(),
+    };
+    let waiting: Vec<&str> = WAITS
+        .iter()
+        .filter(|w| waits & (1 << **w as u8) != 0)
+        .map(|w| match w {
+            Wait::Pieces => "its batch's writes",
+            Wait::Flush => "its origin flush",
+            Wait::Around => "the flush for writes around the cache",
+        })
+        .collect();
+    if waiting.is_empty() {
+        format!("writeback {doing}")
+    } else {
+        format!(
+            "writeback {doing}, waiting for an origin bdev_io for {}",
+            waiting.join(" and ")
+        )
     }
-
-    /// What the engine is doing, in words (the stall watchdog's report).
-    pub fn describe(&self) -> String {
-        let st = self.state.load(Ordering::Relaxed);
-        let (phase, waits, inflight) = ((st >> 40) as u8, (st >> 32) as u8, st as u32);
-        let doing = match phase {
-            1 => format!("writing a batch to the origin ({inflight} I/Os in flight)"),
-            2 => "retrying a batch after an origin error".to_string(),
-            3 => "flushing the origin".to_string(),
-            4 => "retrying an origin flush after an error".to_string(),
-            5 => "stopped".to_string(),
-            _ => "idle".to_string(),
-        };
-        let waiting: Vec<&str> = WAITS
-            .iter()
-            .filter(|w| waits & (1 << **w as u8) != 0)
-            .map(|w| match w {
-                Wait::Pieces => "its batch's writes",
-                Wait::Flush => "its origin flush",
-                Wait::Around => "the flush for writes around the cache",
-            })
-            .collect();
-        if waiting.is_empty() {
-            format!("writeback {doing}")
-        } else {
-            format!(
-                "writeback {doing}, waiting for an origin bdev_io for {}",
-                waiting.join(" and ")
-            )
-        }
-    }
-
-    /// A foreground I/O at tick `now` (cheap: a shared store only once a millisecond).
-    #[inline]
-    pub fn note_io(&self, now: u64) {
-        let last = self.last_io_tick.load(Ordering::Relaxed);
-        if now > last && now - last >= note_io_ticks() {
-            self.last_io_tick.store(now, Ordering::Relaxed);
-        }
-    }
-
-    pub fn unmap_guard(&self) -> MutexGuard<'_, ()> {
-        self.unmap_lock.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A tombstone with this `seq` is in the index (called under [`Self::unmap_guard`]).
-    pub fn note_unmap(&self, seq: u64) {
-        self.max_unmap_seq.fetch_max(seq, Ordering::SeqCst);
-    }
-
-    /// Asks the engine to write back every key up to `target` now, ignoring the dirty target.
-    pub fn request_flush(&self, target: u64) {
-        self.flush_target.fetch_max(target, Ordering::SeqCst);
-    }
-
-    /// The flush target still to reach, if a flush is asked.
-    pub fn flush_target(&self) -> Option<u64> {
-        match self.flush_target.load(Ordering::SeqCst) {
-            0 => None,
-            t => Some(t),
-        }
-    }
-
-    pub fn rate(&self) -> u64 {
-        self.rate.load(Ordering::Relaxed)
-    }
-
-    /// Shutdown: the engine submits nothing more, persists nothing more, and unregisters once
-    /// its I/O in flight has completed.
-    pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-
-    /// Shutdown has begun (GC stops with writeback).
-    pub fn stopped(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
-    }
-}
-
-fn note_io_ticks() -> u64 {
-    static T: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *T.get_or_init(|| poller::time::us_to_ticks(NOTE_IO_EVERY_US))
 }
 
 /// The controller's inputs.
@@ -230,21 +101,20 @@ pub fn batch_interval_us(t: &Throttle) -> u64 {
 }
 
 /// Starts the engine on the current thread (create calls it on the management thread).
-pub fn start(cache: &Arc<Cache>) -> Result<(), CacheError> {
-    let origin = {
-        let d = cache.origin_desc.lock().unwrap_or_else(|p| p.into_inner());
-        d.as_ref()
-            .ok_or(BdevError::NoSuchDevice(format!("{} (origin)", cache.name)))?
-            .get_io_channel()?
-    };
-    let bs = cache.block_size as usize;
+pub(crate) fn start(
+    cache: &Arc<Cache>,
+    lane_device: IoDevice<LaneChannel>,
+) -> Result<(), CacheError> {
+    let origin = cache.origin_channel()?;
+    let bs = cache.block_size() as usize;
     let cap = BATCH_BYTES.max(crate::index::MAX_KEY_BLOCKS as usize * bs);
     let bounce = DmaBuf::new(cap, 4096).ok_or(CacheError::NoMemory("the writeback buffer"))?;
     let now = Thread::current().map_or(0, |t| t.now());
-    cache.wb.last_io_tick.store(now, Ordering::Relaxed);
-    let lanes = cache.lane_heads.lock().map(|h| h.len()).unwrap_or(0);
+    cache.wb().set_last_io(now);
+    let lanes = cache.lanes().count();
     let engine = Rc::new(RefCell::new(Engine {
         cache: cache.clone(),
+        lanes: lane_device,
         origin,
         bounce,
         id: 0,
@@ -382,6 +252,8 @@ struct Cursor {
 
 struct Engine {
     cache: Arc<Cache>,
+    /// Every thread's lane channel (seal walks).
+    lanes: IoDevice<LaneChannel>,
     origin: BdevChannel,
     bounce: DmaBuf,
     id: usize,
@@ -435,15 +307,14 @@ impl Engine {
             .fold(0u64, |m, w| m | 1 << *w as u8);
         let inflight = self.inflight.min(u32::MAX as usize) as u64;
         self.cache
-            .wb
-            .state
-            .store(phase << 40 | waits << 32 | inflight, Ordering::Relaxed);
+            .wb()
+            .set_state(phase << 40 | waits << 32 | inflight);
     }
 
     /// One poller run. None: stopped with nothing in flight (unregister).
     fn poll(&mut self) -> Option<PollStatus> {
         let now = Thread::current().map_or(0, |t| t.now());
-        if self.cache.wb.stop.load(Ordering::SeqCst) && self.phase != Phase::Stopped {
+        if self.cache.wb().stopped() && self.phase != Phase::Stopped {
             if self.inflight > 0 || self.around_flush.is_some() {
                 return Some(PollStatus::Idle);
             }
@@ -469,9 +340,9 @@ impl Engine {
             Phase::Idle => {}
         }
         // Cheap checks first: this runs on every iteration of the management thread.
-        let asked = self.cache.wb.flush_target();
+        let asked = self.cache.wb().flush_target();
         // Writes waiting for space: full speed, GC can only reclaim what is written back.
-        let urgent = self.cache.gc.deferred() > 0;
+        let urgent = self.cache.gc().deferred() > 0;
         if asked.is_none() && !urgent && now < self.next_at {
             return Some(PollStatus::Idle);
         }
@@ -483,7 +354,7 @@ impl Engine {
         match self.gather(written_back) {
             Ok(()) => {}
             Err(e) => {
-                tracing::error!(cache = %self.cache.name, "writeback cannot read the key log: {e}");
+                tracing::error!(cache = %self.cache.name(), "writeback cannot read the key log: {e}");
                 self.next_at = now + poller::time::us_to_ticks(BACKOFF_MAX_US);
                 return Some(PollStatus::Idle);
             }
@@ -504,22 +375,19 @@ impl Engine {
 
     /// Asks every lane to seal its open key-set (at most one walk at a time).
     fn ask_seal_walk(&self) {
-        let open = self
-            .cache
-            .lane_heads
-            .lock()
-            .is_ok_and(|h| h.iter().any(|l| l.min_open_seq().is_some()));
-        if !open || self.cache.wb.seal_walk.swap(true, Ordering::SeqCst) {
+        if !self.cache.lanes().any_open() {
             return;
         }
-        let flag = self.cache.wb.seal_walk.clone();
-        self.cache.lanes.for_each_channel(
-            |lane: &poller::IoChannel<crate::instance::LaneChannel>| {
+        let Some(flag) = self.cache.wb().begin_seal_walk() else {
+            return;
+        };
+        self.lanes.for_each_channel(
+            |lane: &IoChannel<LaneChannel>| {
                 if let Err(e) = lane.seal() {
-                    tracing::error!(cache = %lane.cache.name, "sealing for writeback failed: {e}");
+                    tracing::error!(cache = %lane.cache.name(), "sealing for writeback failed: {e}");
                 }
             },
-            move || flag.store(false, Ordering::SeqCst),
+            move || flag.store(false, std::sync::atomic::Ordering::SeqCst),
         );
     }
 
@@ -527,14 +395,10 @@ impl Engine {
     fn durable_bound(&self) -> u64 {
         // Order matters: the global sequence first, then the lanes' bounds, then (in gather)
         // their heads.
-        let next = self.cache.seq.load(Ordering::SeqCst);
+        let next = self.cache.next_seq();
         let mut s = next.saturating_sub(1);
-        if let Ok(h) = self.cache.lane_heads.lock() {
-            for l in h.iter() {
-                if let Some(m) = l.min_open_seq() {
-                    s = s.min(m.saturating_sub(1));
-                }
-            }
+        if let Some(m) = self.cache.lanes().min_open_seq() {
+            s = s.min(m.saturating_sub(1));
         }
         if let Some(b) = self.blocked_seq {
             s = s.min(b.saturating_sub(1));
@@ -547,10 +411,7 @@ impl Engine {
         self.batch.clear();
         self.covered = written_back;
         let s = self.durable_bound();
-        let heads: Vec<LogPos> = match self.cache.lane_heads.lock() {
-            Ok(h) => h.iter().map(|l| l.persisted_head()).collect(),
-            Err(_) => return Err(CacheError::Damaged("lane heads unavailable".into())),
-        };
+        let heads = self.cache.persisted_heads();
         let tails: Vec<LogPos> = self
             .cache
             .meta()
@@ -561,7 +422,7 @@ impl Engine {
             .collect();
         self.cursors.clear();
         for (lane, (&tail, &head)) in (0u32..).zip(tails.iter().zip(&heads)) {
-            let gen_ = self.cache.segments.generation(tail.seg).ok_or_else(|| {
+            let gen_ = self.cache.segments().generation(tail.seg).ok_or_else(|| {
                 CacheError::Damaged(format!("lane {lane}: dirty tail in segment {}", tail.seg))
             })?;
             self.cursors.push(Cursor {
@@ -583,7 +444,7 @@ impl Engine {
         for i in 0..self.cursors.len() {
             self.fill(i, &mut budget)?;
         }
-        let bs = self.cache.block_size as usize;
+        let bs = self.cache.block_size() as usize;
         let mut bytes = 0usize;
         // A lane left without its next key (the read budget ran out) ends the merge: its next
         // key may come before the other lanes' ones.
@@ -643,9 +504,9 @@ impl Engine {
             match load(&self.cache, &mut self.bounce, &t) {
                 Ok(data) => self.batch[n].data = data,
                 Err(why) => {
-                    Stats::add(&self.cache.stats.crc_errors, 1);
+                    self.cache.stats().crc_errors.add(1);
                     tracing::error!(
-                        cache = %self.cache.name,
+                        cache = %self.cache.name(),
                         seq = t.key.seq,
                         lba = t.key.origin_off,
                         blocks = t.key.len,
@@ -689,12 +550,12 @@ impl Engine {
                 return Ok(());
             }
             *budget -= 1;
-            let seg_size = cache.layout.segment_size();
+            let seg_size = cache.layout().segment_size();
             let room = seg_size.saturating_sub(c.pos.off) as usize;
             let n = room.min(self.kset_buf.len());
-            let base = cache.layout.segment_offset(c.pos.seg)?;
+            let base = cache.layout().segment_offset(c.pos.seg)?;
             cache
-                .pmem
+                .pmem()
                 .read(base + u64::from(c.pos.off), &mut self.kset_buf[..n])?;
             let lane_seq = match c.lane_seq {
                 Some(s) => s,
@@ -705,7 +566,7 @@ impl Engine {
                     })?,
             };
             let expect = KsetId {
-                format_id: cache.format_id,
+                format_id: cache.format_id(),
                 lane: c.lane,
                 lane_seq,
                 seg_gen: c.gen_,
@@ -737,7 +598,7 @@ impl Engine {
     /// The batch as disjoint origin I/Os: each block in its newest version of the batch.
     fn build_pieces(&mut self) {
         self.pieces.clear();
-        let bs = u64::from(self.cache.block_size);
+        let bs = u64::from(self.cache.block_size());
         // Ranges taken by later keys, sorted and merged.
         let mut later: Vec<(u64, u64)> = Vec::with_capacity(self.batch.len());
         for t in self.batch.iter().rev() {
@@ -792,7 +653,7 @@ impl Engine {
     /// Submits the origin flush for the writes around the cache completed so far; with no
     /// bdev_io free it waits on the origin's channel and is resubmitted from there.
     fn submit_around(&mut self) {
-        let at = self.cache.around.load(Ordering::Acquire);
+        let at = self.cache.around();
         let ctx = IoCtx::Word((self.id << 32) | AROUND_FLUSH_PIECE);
         match self
             .origin
@@ -800,7 +661,7 @@ impl Engine {
         {
             Ok(()) => self.around_flush = Some(at),
             Err(e) if e.error == BdevError::NoMemory => self.wait_for_io(Wait::Around),
-            Err(_) => Stats::add(&self.cache.stats.origin_errors, 1),
+            Err(_) => self.cache.stats().origin_errors.add(1),
         }
     }
 
@@ -837,7 +698,7 @@ impl Engine {
                 continue;
             }
             let ctx = IoCtx::Word((self.id << 32) | n);
-            let bytes = (p.len * u64::from(self.cache.block_size)) as usize;
+            let bytes = (p.len * u64::from(self.cache.block_size())) as usize;
             let iov = match p.src {
                 // SAFETY: the range lies in the bounce buffer (built from keys that fit it),
                 // which lives as long as the engine and is not touched until every piece of
@@ -845,7 +706,7 @@ impl Engine {
                 Some(Src::Bounce(off)) => unsafe {
                     Some(IoVec::new(self.bounce.as_mut_ptr().add(off), bytes))
                 },
-                Some(Src::Pmem(at)) => self.cache.pmem.as_ptr().map(|base| {
+                Some(Src::Pmem(at)) => self.cache.pmem().as_ptr().map(|base| {
                     // SAFETY: `at..at + bytes` is a dirty key's data inside the mapping (its
                     // offset came from the layout), which the engine's `Arc<Cache>` keeps
                     // mapped; nothing writes it before it is written back (the log never
@@ -875,8 +736,8 @@ impl Engine {
                     break;
                 }
                 Err(e) => {
-                    Stats::add(&self.cache.stats.origin_errors, 1);
-                    tracing::warn!(cache = %self.cache.name, lba = p.lba, blocks = p.len, "writeback could not submit to the origin: {}", e.error);
+                    self.cache.stats().origin_errors.add(1);
+                    tracing::warn!(cache = %self.cache.name(), lba = p.lba, blocks = p.len, "writeback could not submit to the origin: {}", e.error);
                     self.pieces[n].state = PieceState::Failed;
                     self.failed = true;
                 }
@@ -917,7 +778,7 @@ impl Engine {
     fn flush(&mut self) {
         self.phase = Phase::Flushing;
         self.failed = false;
-        if self.cache.wb.stop.load(Ordering::SeqCst) {
+        if self.cache.wb().stopped() {
             self.phase = Phase::Idle;
             return;
         }
@@ -933,7 +794,7 @@ impl Engine {
             Ok(()) => self.inflight += 1,
             Err(e) if e.error == BdevError::NoMemory => self.wait_for_io(Wait::Flush),
             Err(_) => {
-                Stats::add(&self.cache.stats.origin_errors, 1);
+                self.cache.stats().origin_errors.add(1);
                 self.failed = true;
                 self.after_io();
             }
@@ -944,7 +805,7 @@ impl Engine {
     fn commit(&mut self, now: u64) {
         self.phase = Phase::Idle;
         self.backoff_us = BACKOFF_MIN_US;
-        if self.cache.wb.stop.load(Ordering::SeqCst) {
+        if self.cache.wb().stopped() {
             return;
         }
         let cache = self.cache.clone();
@@ -957,15 +818,15 @@ impl Engine {
             }
             let bytes = tails.encode();
             let payload = bytes.get(..tails.encoded_len()).unwrap_or(&bytes[..]);
-            if let Err(e) = meta.tails_slot.write(&*cache.pmem, payload) {
+            if let Err(e) = meta.tails_slot.write(cache.pmem(), payload) {
                 drop(meta);
-                tracing::error!(cache = %cache.name, "persisting the writeback tails failed: {e}");
+                tracing::error!(cache = %cache.name(), "persisting the writeback tails failed: {e}");
                 self.next_at = now + poller::time::us_to_ticks(BACKOFF_MAX_US);
                 return;
             }
             meta.tails = tails;
         }
-        let bs = u64::from(cache.block_size);
+        let bs = u64::from(cache.block_size());
         let mut bytes = 0u64;
         for t in &self.batch {
             let k = &t.key;
@@ -974,9 +835,9 @@ impl Engine {
                     self.pending_zero.push((k.origin_off, k.len));
                 }
             } else {
-                let pos = cache_pos(&cache.layout, k.data_seg, k.data_off);
+                let pos = cache_pos(cache.layout(), k.data_seg, k.data_off);
                 cache
-                    .index
+                    .index()
                     .mark_clean(k.origin_off, k.len, pos, pos + u64::from(k.len));
             }
         }
@@ -984,18 +845,18 @@ impl Engine {
             bytes += p.len * bs;
         }
         if !self.pending_zero.is_empty() {
-            let _g = cache.wb.unmap_guard();
-            if cache.wb.max_unmap_seq.load(Ordering::SeqCst) <= self.covered {
+            let _g = cache.wb().unmap_guard();
+            if cache.wb().max_unmap_seq() <= self.covered {
                 for &(lba, len) in &self.pending_zero {
-                    cache.index.zero_written_back(lba, len);
+                    cache.index().zero_written_back(lba, len);
                 }
                 self.pending_zero.clear();
             }
         }
         if !self.batch.is_empty() {
-            Stats::add(&cache.stats.writeback_bytes, bytes);
-            Stats::add(&cache.stats.writeback_batches, 1);
-            Stats::add(&cache.stats.writeback_keys, self.batch.len() as u64);
+            cache.stats().writeback_bytes.add(bytes);
+            cache.stats().writeback_batches.add(1);
+            cache.stats().writeback_keys.add(self.batch.len() as u64);
         }
         self.window_bytes += bytes;
         let hz = poller::time::ticks_hz().max(1);
@@ -1003,31 +864,27 @@ impl Engine {
         if elapsed >= hz {
             let rate =
                 (u128::from(self.window_bytes) * u128::from(hz) / u128::from(elapsed)) as u64;
-            cache.wb.rate.store(rate, Ordering::Relaxed);
+            cache.wb().set_rate(rate);
             self.window_start = now;
             self.window_bytes = 0;
         }
         // A finished flush is forgotten (unless a newer one was asked meanwhile).
-        if let Some(t) = cache.wb.flush_target()
+        if let Some(t) = cache.wb().flush_target()
             && t <= self.covered
         {
-            let _ =
-                cache
-                    .wb
-                    .flush_target
-                    .compare_exchange(t, 0, Ordering::SeqCst, Ordering::SeqCst);
+            cache.wb().flush_reached(t);
         }
         self.batch_bytes = bytes;
-        let params = cache.params.lock().map(|p| p.clone()).ok();
-        let last_io = cache.wb.last_io_tick.load(Ordering::Relaxed);
+        let params = cache.params();
+        let last_io = cache.wb().last_io();
         let throttle = Throttle {
-            dirty_bytes: cache.index.stats().dirty_blocks * bs,
-            capacity_bytes: u64::from(cache.layout.segment_count())
-                * u64::from(cache.layout.segment_size()),
-            target_percent: params.as_ref().map_or(0, |p| p.writeback_dirty_target),
+            dirty_bytes: cache.index().stats().dirty_blocks * bs,
+            capacity_bytes: u64::from(cache.layout().segment_count())
+                * u64::from(cache.layout().segment_size()),
+            target_percent: params.writeback_dirty_target,
             idle: now.saturating_sub(last_io) >= poller::time::us_to_ticks(IDLE_AFTER_US),
-            flushing: cache.wb.flush_target().is_some() || cache.gc.deferred() > 0,
-            rate_limit: params.as_ref().map_or(0, |p| p.writeback_rate_limit),
+            flushing: cache.wb().flush_target().is_some() || cache.gc().deferred() > 0,
+            rate_limit: params.writeback_rate_limit,
             last_batch_bytes: bytes,
         };
         self.next_at = now + poller::time::us_to_ticks(batch_interval_us(&throttle));
@@ -1038,17 +895,17 @@ impl Engine {
 /// copied into the bounce buffer (and checked there).
 fn load(cache: &Cache, bounce: &mut DmaBuf, t: &Taken) -> Result<Src, CacheError> {
     let k = &t.key;
-    if cache.segments.generation(k.data_seg) != Some(k.data_gen) {
+    if cache.segments().generation(k.data_seg) != Some(k.data_gen) {
         return Err(CacheError::Damaged(format!(
             "its segment {} was reclaimed",
             k.data_seg
         )));
     }
-    let n = k.len as usize * cache.block_size as usize;
-    let at = cache.pos_offset(cache_pos(&cache.layout, k.data_seg, k.data_off));
+    let n = k.len as usize * cache.block_size() as usize;
+    let at = cache.pos_offset(cache_pos(cache.layout(), k.data_seg, k.data_off));
     let crc_fails = || Err(CacheError::Damaged("its data fails its crc".into()));
-    if cache.pmem.as_ptr().is_some() {
-        if cache.data_crc && !crate::io::crc_matches(cache, at, n as u64, k.data_crc) {
+    if cache.pmem().as_ptr().is_some() {
+        if cache.data_crc() && !cache.crc_matches(at, n as u64, k.data_crc) {
             return crc_fails();
         }
         return Ok(Src::Pmem(at));
@@ -1057,8 +914,8 @@ fn load(cache: &Cache, bounce: &mut DmaBuf, t: &Taken) -> Result<Src, CacheError
         .as_mut_slice()
         .get_mut(t.bounce_off..t.bounce_off + n)
         .ok_or_else(|| CacheError::Damaged("the key does not fit the writeback buffer".into()))?;
-    cache.pmem.read(at, dst)?;
-    if cache.data_crc && crc32c::crc32c(dst) != k.data_crc {
+    cache.pmem().read(at, dst)?;
+    if cache.data_crc() && crc32c::crc32c(dst) != k.data_crc {
         return crc_fails();
     }
     Ok(Src::Bounce(t.bounce_off))
@@ -1107,8 +964,8 @@ fn resume(ctx: IoCtx) {
     if !std::mem::take(&mut e.waiting[what as usize]) {
         return;
     }
-    Stats::add(&e.cache.stats.origin_io_waits, 1);
-    if e.cache.wb.stopped() {
+    e.cache.stats().origin_io_waits.add(1);
+    if e.cache.wb().stopped() {
         // Shutdown: nothing more is submitted; the poller lets go once nothing is in flight.
         return;
     }
@@ -1136,7 +993,7 @@ fn around_flush_done(io: BdevIo, ok: bool, ctx: IoCtx) {
         if ok {
             e.cache.note_origin_flushed(at);
         } else {
-            Stats::add(&e.cache.stats.origin_errors, 1);
+            e.cache.stats().origin_errors.add(1);
         }
     }
 }
@@ -1152,7 +1009,7 @@ fn piece_done(io: BdevIo, ok: bool, ctx: IoCtx) {
     };
     e.inflight = e.inflight.saturating_sub(1);
     if !ok {
-        Stats::add(&e.cache.stats.origin_errors, 1);
+        e.cache.stats().origin_errors.add(1);
         e.failed = true;
     }
     if n != 0xffff_ffff
@@ -1165,30 +1022,8 @@ fn piece_done(io: BdevIo, ok: bool, ctx: IoCtx) {
         };
     }
     if !ok {
-        tracing::warn!(cache = %e.cache.name, "an origin I/O of writeback failed; it will be retried");
+        tracing::warn!(cache = %e.cache.name(), "an origin I/O of writeback failed; it will be retried");
     }
     e.after_io();
     e.publish();
-}
-
-/// `bdev_pcache_flush_start`: write back every key taken so far, ignoring the dirty target.
-pub fn flush_start(cache: &Cache) -> u64 {
-    let target = cache.seq.load(Ordering::SeqCst).saturating_sub(1);
-    let written_back = cache.meta().tails.written_back_seq;
-    if target > written_back {
-        cache.wb.request_flush(target);
-    }
-    target
-}
-
-/// `bdev_pcache_flush_status`.
-pub fn flush_status(cache: &Cache) -> serde_json::Value {
-    let written_back = cache.meta().tails.written_back_seq;
-    let target = cache.wb.flush_target();
-    serde_json::json!({
-        "in_progress": target.is_some_and(|t| t > written_back),
-        "dirty_bytes": cache.index.stats().dirty_blocks * u64::from(cache.block_size),
-        "written_back_seq": written_back,
-        "target_seq": target.unwrap_or(written_back),
-    })
 }

@@ -76,7 +76,6 @@ use bdev::error_inject::rpc::{ErrorCreateParams, ErrorInjectParams, ErrorType, I
 use bdev::{Bdev, BdevChannel, BdevDesc, BdevIo, DmaBuf, IoCtx, IoFlags, IoType, IoVec};
 use cache::instance::Cache;
 use cache::params::CreateParams;
-use cache::writeback;
 use pmem::{CrashPmem, Pmem};
 use poller::Harness;
 use rand::rngs::StdRng;
@@ -765,10 +764,10 @@ fn read_all(h: &Harness, ch: &BdevChannel, bs: usize, blocks: u64) -> Result<Vec
 
 /// flush_start, then polls (moving the clock) until writeback has caught up.
 fn flush_all(h: &mut Harness, c: &Cache) -> Result<(), String> {
-    h.run_on(0, || writeback::flush_start(c));
+    h.run_on(0, || c.flush_start());
     for _ in 0..20_000 {
         h.poll_until_idle(100);
-        let st = writeback::flush_status(c);
+        let st = c.flush_status();
         if !st["in_progress"].as_bool().unwrap_or(true) {
             if st["dirty_bytes"] != 0 {
                 return Err(format!("flush finished with dirty data left: {st}"));
@@ -777,10 +776,7 @@ fn flush_all(h: &mut Harness, c: &Cache) -> Result<(), String> {
         }
         h.advance_us(1_000);
     }
-    Err(format!(
-        "flush did not finish: {}",
-        writeback::flush_status(c)
-    ))
+    Err(format!("flush did not finish: {}", c.flush_status()))
 }
 
 /// A harness whose virtual clock runs far ahead of the real one. The bdev layer stamps I/O with
@@ -798,7 +794,7 @@ fn harness(threads: usize) -> Harness {
 /// cache copy", "a zero extent" or "the origin".
 fn block_sources(c: &Cache, blocks: u64) -> Vec<&'static str> {
     let mut v = vec!["the origin"; blocks as usize];
-    c.index.lookup(0, blocks as u32, |p| {
+    c.index().lookup(0, blocks as u32, |p| {
         if let cache::index::Piece::Hit(e) = p {
             let what = match (e.zero, e.dirty) {
                 (true, _) => "a zero extent",
@@ -815,20 +811,28 @@ fn block_sources(c: &Cache, blocks: u64) -> Vec<&'static str> {
 
 /// Each lane's key-sets from its key tail, as (min seq, max seq), for diagnostics.
 fn key_log_summary(c: &Cache) -> String {
-    let pm = &*c.pmem;
-    let Ok(gens) = cache::format::read_gen_table(pm, &c.layout) else {
+    let pm = c.pmem();
+    let Ok(gens) = cache::format::read_gen_table(pm, c.layout()) else {
         return "(generation table unreadable)".into();
     };
     let tails: Vec<_> = c.meta().tails.lanes().to_vec();
     let mut out = Vec::new();
     for (lane, t) in (0u32..).zip(&tails) {
         let mut sets = Vec::new();
-        let end = cache::log::walk(pm, &c.layout, &gens, c.format_id, lane, t.key_tail, |f| {
-            let min = f.keys.iter().map(|k| k.seq).min().unwrap_or(0);
-            let max = f.keys.iter().map(|k| k.seq).max().unwrap_or(0);
-            sets.push((min, max));
-            Ok(())
-        });
+        let end = cache::log::walk(
+            pm,
+            c.layout(),
+            &gens,
+            c.format_id(),
+            lane,
+            t.key_tail,
+            |f| {
+                let min = f.keys.iter().map(|k| k.seq).min().unwrap_or(0);
+                let max = f.keys.iter().map(|k| k.seq).max().unwrap_or(0);
+                sets.push((min, max));
+                Ok(())
+            },
+        );
         if sets.is_empty() {
             continue;
         }
@@ -1414,8 +1418,8 @@ impl Live {
             Some(b) => vec![iov(b)],
             None => Vec::new(),
         };
-        let seq0 = self.cache.seq.load(Ordering::SeqCst);
-        let deferred0 = self.cache.gc.deferred();
+        let seq0 = self.cache.next_seq();
+        let deferred0 = self.cache.gc().deferred();
         let origin_writes0 = self.disk.io_counts().0;
         let ev = tick();
         let vidx = match kind {
@@ -1435,13 +1439,13 @@ impl Live {
         if let Err(e) = r {
             panic!("submitting {kind:?} at {lba}+{n}: {}", e.error);
         }
-        let deferred = self.cache.gc.deferred() > deferred0;
+        let deferred = self.cache.gc().deferred() > deferred0;
         // Writeback reaches the origin from its poller only: an origin write during the
         // submission is this op going around the cache.
         let direct = self.disk.io_counts().0 != origin_writes0;
         if !deferred && !direct && !vidx.is_empty() {
             // Every key of this op took its seq during the submission.
-            let hi = self.cache.seq.load(Ordering::SeqCst) - 1;
+            let hi = self.cache.next_seq() - 1;
             assert!(hi >= seq0, "a write took no sequence number");
             for (i, &v) in vidx.iter().enumerate() {
                 self.oracle.blocks[(lba + i as u64) as usize].v[v as usize].seq_hi = hi;
@@ -1475,7 +1479,7 @@ impl Live {
             match op.kind {
                 Kind::Write { .. } | Kind::Zero { .. } => {
                     let fua = op.kind == Kind::Write { fua: true };
-                    let seq_hi = self.cache.seq.load(Ordering::SeqCst) - 1;
+                    let seq_hi = self.cache.next_seq() - 1;
                     for (i, &v) in op.vidx.iter().enumerate() {
                         let h = &mut self.oracle.blocks[(op.lba + i as u64) as usize];
                         let ver = &mut h.v[v as usize];
@@ -1636,7 +1640,7 @@ impl Live {
         let data = read_all(&self.h, &ch, self.cfg.bs, self.cfg.blocks)
             .unwrap_or_else(|e| self.fail(at, ev, "restart", &e));
         drop(ch);
-        let seq = self.cache.seq.load(Ordering::SeqCst).saturating_sub(1);
+        let seq = self.cache.next_seq().saturating_sub(1);
         if let Err(e) = self.oracle.roll_back(&data, self.cfg.bs, ev, tick(), seq) {
             self.fail(at, ev, "restart", &e);
         }
@@ -1678,7 +1682,7 @@ impl Live {
                 self.h.poll_thread(0);
             }
             97 => {
-                self.h.run_on(0, || writeback::flush_start(&self.cache));
+                self.h.run_on(0, || self.cache.flush_start());
             }
             98 => self.storm(checker),
             _ if self.cfg.profile == Profile::Modes => {

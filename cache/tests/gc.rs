@@ -10,7 +10,6 @@ use bdev::malloc::{self, rpc::MallocCreateParams};
 use bdev::{Bdev, BdevChannel, BdevDesc, DmaBuf, IoCtx, IoFlags};
 use cache::instance::Cache;
 use cache::params::CreateParams;
-use cache::writeback;
 use pmem::{Pmem, PmemFile};
 use poller::Harness;
 use std::sync::Arc;
@@ -94,17 +93,17 @@ fn u(v: &serde_json::Value, k: &str) -> u64 {
 
 /// flush_start, then runs the threads (moving the clock) until it is done.
 fn flush_all(h: &mut Harness, c: &Cache) {
-    h.run_on(0, || writeback::flush_start(c));
+    h.run_on(0, || c.flush_start());
     for _ in 0..10_000 {
         h.poll_until_idle(100);
-        let st = writeback::flush_status(c);
+        let st = c.flush_status();
         if !st["in_progress"].as_bool().unwrap() {
             assert_eq!(st["dirty_bytes"], 0, "{st}");
             return;
         }
         h.advance_us(1_000);
     }
-    panic!("flush did not finish: {}", writeback::flush_status(c));
+    panic!("flush did not finish: {}", c.flush_status());
 }
 
 /// Polls (moving the clock a little) so GC rounds and grace walks settle.
@@ -192,7 +191,7 @@ fn fill_past_capacity(prefix: &str, threads: usize) {
         .map(|t| open_on(&e.h, t, &name, true))
         .collect();
     let ch = &chans[0].1;
-    let total = e.cache.layout.segment_count() as u64 * (1 << 20) / BS as u64;
+    let total = e.cache.layout().segment_count() as u64 * (1 << 20) / BS as u64;
     // 1.5× the whole cache, 16 KiB writes, 32 in flight.
     let per_io = 4usize;
     let ios = (total * 3 / 2) / per_io as u64;

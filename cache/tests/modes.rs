@@ -273,7 +273,7 @@ fn leaving_writeback_cleans_and_keeps_the_order_of_writes_to_dirty_blocks() {
     assert_eq!(e.origin_read(100, 1), block_of(100, 10));
     assert_eq!(e.stat("dirty_bytes"), 0);
     // save_config and the next create see the new mode.
-    assert_eq!(e.cache.params.lock().unwrap().mode, CacheMode::Writethrough);
+    assert_eq!(e.cache.params().mode, CacheMode::Writethrough);
     e.teardown();
 }
 
@@ -363,7 +363,7 @@ fn set_options_checks_values_and_reset_stats_zeroes_counters() {
     e.write(1, 1, 1);
     e.read(1, 1);
     assert_eq!(e.stat("read_hits"), 1);
-    e.cache.stats.reset();
+    e.cache.stats().reset();
     let st = e.stats();
     assert_eq!(st["read_hits"], 0);
     assert_eq!(st["bytes_written_cache"], 0);

@@ -335,7 +335,7 @@ impl Env {
     /// What the bdev layer's stall watchdog would log for the cache's channel.
     fn stall_report(&self) -> String {
         let ch = &self.desc.as_ref().unwrap().1;
-        ch.module_channel::<cache::instance::CacheBdevChannel>()
+        ch.module_channel::<cache::CacheBdevChannel>()
             .and_then(|c| c.stall_report())
             .unwrap()
     }
@@ -457,7 +457,7 @@ fn writeback_waits_for_origin_ios_and_writes_everything_back() {
     }
     assert_eq!(e.stat("dirty_bytes"), 48 * BS as u64);
     let filled = e.fill();
-    e.h.run_on(0, || cache::writeback::flush_start(&e.cache));
+    e.h.run_on(0, || e.cache.flush_start());
     // Its first round has the lanes' open key-sets sealed; the next one writes.
     let waiting = "waiting for an origin bdev_io for its batch's writes";
     for _ in 0..10 {
@@ -470,7 +470,7 @@ fn writeback_waits_for_origin_ios_and_writes_everything_back() {
     let report = e.stall_report();
     assert!(report.contains(waiting), "{report}");
     assert!(e.drain().is_empty());
-    let st = cache::writeback::flush_status(&e.cache);
+    let st = e.cache.flush_status();
     assert_eq!(st["in_progress"], false, "{st}");
     assert_eq!(e.stat("dirty_bytes"), 0);
     for &l in &lbas {

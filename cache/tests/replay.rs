@@ -3,6 +3,9 @@
 //! index the writes built live, under stale segments, tombstones, the written-back sequence,
 //! damage, torn tails and power cuts at (a subset of) every fence.
 
+mod common;
+use common::crash::Tap;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,66 +15,11 @@ use cache::index::{Extent, Index, IndexConfig, Piece};
 use cache::log::{LaneLog, LogCtx};
 use cache::replay::{ReplayError, Replayed, replay};
 use cache::segments::{SegUse, SegmentTable, cache_pos};
-use pmem::{CrashPmem, Pmem, PmemError, PmemFile, PmemKind};
+use pmem::{CrashPmem, Pmem, PmemFile};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 const SEG: u32 = 1 << 20;
-
-/// A `CrashPmem` that can take a crash image just *before* each fence, while the stores the
-/// fence is about to make durable are still in flight: a torn key-set or torn data.
-struct Tap {
-    inner: CrashPmem,
-    hook: Mutex<Option<FenceHook>>,
-}
-
-type FenceHook = Box<dyn FnMut(&CrashPmem) + Send>;
-
-impl Tap {
-    fn new(len: usize) -> Tap {
-        Tap {
-            inner: CrashPmem::new(len),
-            hook: Mutex::new(None),
-        }
-    }
-
-    fn set_hook(&self, hook: Option<FenceHook>) {
-        *self.hook.lock().unwrap() = hook;
-    }
-}
-
-impl Pmem for Tap {
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn kind(&self) -> PmemKind {
-        self.inner.kind()
-    }
-    fn write(&self, off: u64, src: &[u8]) -> Result<(), PmemError> {
-        self.inner.write(off, src)
-    }
-    fn write_nt(&self, off: u64, src: &[u8]) -> Result<(), PmemError> {
-        self.inner.write_nt(off, src)
-    }
-    fn read(&self, off: u64, dst: &mut [u8]) -> Result<(), PmemError> {
-        self.inner.read(off, dst)
-    }
-    fn flush(&self, off: u64, len: u64) -> Result<(), PmemError> {
-        self.inner.flush(off, len)
-    }
-    fn fence(&self) {
-        if let Some(h) = self.hook.lock().unwrap().as_mut() {
-            h(&self.inner);
-        }
-        self.inner.fence();
-    }
-    fn sync(&self) -> Result<(), PmemError> {
-        self.inner.sync()
-    }
-    fn as_ptr(&self) -> Option<*mut u8> {
-        None
-    }
-}
 
 /// A key-set a lane sealed.
 #[derive(Clone, Debug)]
@@ -754,7 +702,7 @@ fn keys_that_break_the_geometry_are_corruption_naming_lane_and_sequence() {
 
 #[test]
 fn a_torn_last_key_set_replays_the_prefix_and_the_lane_resumes_at_it() {
-    let tap = Arc::new(Tap::new(16 << 20));
+    let tap = Arc::new(Tap::new(Arc::new(CrashPmem::new(16 << 20))));
     let blocks = 1 << 12;
     let mut rig = Rig::new(tap.clone(), 2, 4096, blocks);
     let mut rng = StdRng::seed_from_u64(5);
@@ -781,14 +729,14 @@ fn a_torn_last_key_set_replays_the_prefix_and_the_lane_resumes_at_it() {
     }
     let image: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
     let (img, fences) = (image.clone(), Arc::new(AtomicU64::new(0)));
-    tap.set_hook(Some(Box::new(move |p: &CrashPmem| {
+    tap.set_before_fence(Some(Box::new(move |p: &CrashPmem| {
         // The seal's first fence covers the data, its second the key-set.
         if fences.fetch_add(1, Ordering::SeqCst) == 1 {
             *img.lock().unwrap() = Some(p.crash_image_with(|w| w % 2 == 0));
         }
     })));
     rig.seal(1);
-    tap.set_hook(None);
+    tap.set_before_fence(None);
     let image = image
         .lock()
         .unwrap()
@@ -852,7 +800,7 @@ fn a_torn_last_key_set_replays_the_prefix_and_the_lane_resumes_at_it() {
 /// every key-set whose seal had returned, and the index is what those keys make.
 #[test]
 fn every_crash_image_replays() {
-    let tap = Arc::new(Tap::new(10 << 20));
+    let tap = Arc::new(Tap::new(Arc::new(CrashPmem::new(10 << 20))));
     let blocks = 1 << 12;
     let mut rig = Rig::new(tap.clone(), 2, 512, blocks);
     // Lane 1's log starts near the end of its segment, so it crosses a LAST link early on.
@@ -867,15 +815,15 @@ fn every_crash_image_replays() {
     type Images = Arc<Mutex<Vec<(Vec<u64>, Vec<u8>)>>>;
     let images: Images = Arc::default();
     let (imgs, counts) = (images.clone(), rig.sealed_count.clone());
-    let mut rng = StdRng::seed_from_u64(11);
-    let mut n = 0u64;
-    tap.set_hook(Some(Box::new(move |p: &CrashPmem| {
-        n += 1;
-        if !n.is_multiple_of(2) {
+    // The hook runs outside the tap's lock: its state is its own to guard.
+    let rng = Mutex::new(StdRng::seed_from_u64(11));
+    let n = AtomicU64::new(0);
+    tap.set_before_fence(Some(Box::new(move |p: &CrashPmem| {
+        if !(n.fetch_add(1, Ordering::SeqCst) + 1).is_multiple_of(2) {
             return;
         }
         let done: Vec<u64> = counts.iter().map(|c| c.load(Ordering::SeqCst)).collect();
-        let img = p.crash_image(&mut rng);
+        let img = p.crash_image(&mut *rng.lock().unwrap());
         imgs.lock().unwrap().push((done, img));
     })));
 
@@ -894,7 +842,7 @@ fn every_crash_image_replays() {
         }
     }
     rig.seal_all();
-    tap.set_hook(None);
+    tap.set_before_fence(None);
     assert_ne!(rig.lanes[1].log.head().seg, 1, "lane 1 crossed a LAST link");
 
     let images = std::mem::take(&mut *images.lock().unwrap());

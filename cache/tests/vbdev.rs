@@ -258,7 +258,7 @@ fn an_empty_cache_holds_no_data_and_lanes_take_key_space_only_when_used() {
     );
     assert_eq!(
         st["metadata_bytes"].as_u64().unwrap(),
-        c.layout.segment_base() + u64::from(c.layout.segment_size()),
+        c.layout().segment_base() + u64::from(c.layout().segment_size()),
         "{st}"
     );
     // Writers on two threads: a second lane, with its own key segment, when the second comes.
@@ -435,7 +435,7 @@ fn flipped_bytes_in_pmem_are_never_returned_as_data() {
     assert_eq!(wait(&h, 1), vec![(2, true)]);
     let flip = |lba: u64| {
         let mut pos = None;
-        cache.index.lookup(lba, 1, |p| {
+        cache.index().lookup(lba, 1, |p| {
             if let cache::index::Piece::Hit(e) = p {
                 pos = Some(e.pos);
             }

@@ -10,7 +10,7 @@ use bdev::malloc::{self, rpc::MallocCreateParams};
 use bdev::{Bdev, BdevChannel, BdevDesc, DmaBuf, IoCtx, IoFlags};
 use cache::instance::Cache;
 use cache::params::CreateParams;
-use cache::writeback::{self, SLOW_INTERVAL_US, Throttle, batch_interval_us};
+use cache::writeback::{SLOW_INTERVAL_US, Throttle, batch_interval_us};
 use pmem::{Pmem, PmemFile};
 use poller::Harness;
 use std::sync::Arc;
@@ -74,10 +74,10 @@ fn stats(c: &Cache) -> serde_json::Value {
 
 /// flush_start, then runs the threads (moving the clock for back-offs) until it is done.
 fn flush_all(h: &mut Harness, c: &Cache) {
-    h.run_on(0, || writeback::flush_start(c));
+    h.run_on(0, || c.flush_start());
     for _ in 0..10_000 {
         h.poll_until_idle(100);
-        let st = writeback::flush_status(c);
+        let st = c.flush_status();
         if !st["in_progress"].as_bool().unwrap() {
             assert_eq!(st["dirty_bytes"], 0, "{st}");
             assert!(
@@ -88,7 +88,7 @@ fn flush_all(h: &mut Harness, c: &Cache) {
         }
         h.advance_us(1_000);
     }
-    panic!("flush did not finish: {}", writeback::flush_status(c));
+    panic!("flush did not finish: {}", c.flush_status());
 }
 
 struct Env {
@@ -396,7 +396,7 @@ fn damaged_dirty_data_is_never_written_back() {
             write(&e.h, &ch, lba, &block(lba + 40));
         }
         let mut pos = None;
-        e.cache.index.lookup(3, 1, |p| {
+        e.cache.index().lookup(3, 1, |p| {
             if let cache::index::Piece::Hit(x) = p {
                 pos = Some(x.pos);
             }
@@ -405,7 +405,7 @@ fn damaged_dirty_data_is_never_written_back() {
         let mut b = [0u8; 1];
         pm.read(at, &mut b).unwrap();
         pm.write(at, &[b[0] ^ 0x5a]).unwrap();
-        e.h.run_on(0, || writeback::flush_start(&e.cache));
+        e.h.run_on(0, || e.cache.flush_start());
         for _ in 0..200 {
             e.h.poll_until_idle(100);
             e.h.advance_us(1_000);

@@ -66,6 +66,15 @@ pub struct OpenedMeta {
     pub read_only: bool,
 }
 
+/// The metadata records a running cache rewrites (the tails after writeback, GC and lane adds;
+/// the cache info when options change), each with the writer of its dual slot.
+pub struct MetaWriter {
+    pub info: CacheInfo,
+    pub info_slot: SlotWriter,
+    pub tails: Tails,
+    pub tails_slot: SlotWriter,
+}
+
 /// Format `pmem` as an empty cache for `params.origin`.
 ///
 /// Order (docs/format.md, "Superblock"): invalidate any old superblock by zeroing its magic

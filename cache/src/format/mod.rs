@@ -45,7 +45,7 @@ pub use layout::{
     MIN_BLOCK_SIZE, MIN_SEGMENT_SIZE, MIN_SEGMENTS, SB_OFFSET, SB_SIZE, SEGMENT_BASE_ALIGN,
     SLOT_SIZE, TAILS_OFFSET,
 };
-pub use meta::{FormatParams, OpenedMeta, format, open};
+pub use meta::{FormatParams, MetaWriter, OpenedMeta, format, open};
 pub use slot::{
     SLOT_HEADER, SLOT_PAYLOAD_MAX, Slot, SlotRecord, SlotWriter, encode_slot, read_slots,
     write_slot,
