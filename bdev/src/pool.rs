@@ -27,6 +27,8 @@ pub(crate) struct IoPool {
     #[allow(clippy::vec_box)]
     free: RefCell<Vec<Box<IoData>>>,
     waiters: RefCell<VecDeque<Waiter>>,
+    /// `waiters.len()`, read on every take and give without borrowing the queue.
+    queued: Cell<usize>,
     capacity: usize,
     /// Set while a waiter is being resumed: it may take I/Os although others still queue behind.
     serving: Cell<bool>,
@@ -47,6 +49,7 @@ impl IoPool {
         IoPool {
             free: RefCell::new((0..capacity).map(|_| Box::new(IoData::new())).collect()),
             waiters: RefCell::new(VecDeque::with_capacity(capacity)),
+            queued: Cell::new(0),
             capacity,
             serving: Cell::new(false),
         }
@@ -55,7 +58,7 @@ impl IoPool {
     /// An I/O for a new submit; None when all are out, or when others wait for one already.
     #[inline]
     pub(crate) fn take(&self) -> Option<Box<IoData>> {
-        if !self.serving.get() && !self.waiters.borrow().is_empty() {
+        if self.queued.get() != 0 && !self.serving.get() {
             return None;
         }
         self.free.borrow_mut().pop()
@@ -65,12 +68,13 @@ impl IoPool {
     #[inline]
     pub(crate) fn give(&self, d: Box<IoData>) -> bool {
         self.free.borrow_mut().push(d);
-        !self.waiters.borrow().is_empty()
+        self.queued.get() != 0
     }
 
     /// Queues `f(ctx)` for when an I/O is free; true when one is free already (wake now).
     pub(crate) fn wait(&self, f: fn(IoCtx), ctx: IoCtx) -> bool {
         self.waiters.borrow_mut().push_back((f, ctx));
+        self.queued.set(self.queued.get() + 1);
         !self.free.borrow().is_empty()
     }
 
@@ -85,11 +89,12 @@ impl IoPool {
             let Some((f, ctx)) = self.waiters.borrow_mut().pop_front() else {
                 break;
             };
+            self.queued.set(self.queued.get() - 1);
             self.serving.set(true);
             f(ctx);
             self.serving.set(false);
         }
-        !self.waiters.borrow().is_empty() && !self.free.borrow().is_empty()
+        self.queued.get() != 0 && !self.free.borrow().is_empty()
     }
 
     /// I/Os taken and not yet returned.
@@ -98,7 +103,7 @@ impl IoPool {
     }
 
     pub(crate) fn waiting(&self) -> usize {
-        self.waiters.borrow().len()
+        self.queued.get()
     }
 
     pub(crate) fn capacity(&self) -> usize {
