@@ -11,10 +11,11 @@ use crate::params::{CacheMode, CreateParams};
 use crate::segments::SegmentTable;
 use crate::shared::{GcShared, WritebackShared};
 use crate::stats::Stats;
-use bdev::{BdevChannel, BdevDesc, BdevError};
+use bdev::vbdev::VbdevBase;
+use bdev::{BdevChannel, BdevError};
 use pmem::Pmem;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 pub struct Cache {
     name: String,
@@ -42,8 +43,9 @@ pub struct Cache {
     lanes: LanePool,
     meta: Mutex<MetaWriter>,
     params: Mutex<CreateParams>,
-    origin_desc: Mutex<Option<BdevDesc>>,
-    cache_desc: Mutex<Option<BdevDesc>>,
+    /// The origin and the cache device, claimed from create to shutdown.
+    origin_base: OnceLock<VbdevBase>,
+    cache_base: OnceLock<VbdevBase>,
     wb: WritebackShared,
     gc: GcShared,
 }
@@ -84,8 +86,8 @@ impl Cache {
             wb: WritebackShared::new(next_seq.saturating_sub(1)),
             gc: GcShared::new(params.gc_percent),
             params: Mutex::new(params),
-            origin_desc: Mutex::new(None),
-            cache_desc: Mutex::new(None),
+            origin_base: OnceLock::new(),
+            cache_base: OnceLock::new(),
         })
     }
 
@@ -208,30 +210,24 @@ impl Cache {
         self.around_flushed.fetch_max(at, Ordering::AcqRel);
     }
 
-    /// The origin and cache bdevs' descriptors, held from create to shutdown.
-    pub(crate) fn set_descs(&self, origin: BdevDesc, cache: BdevDesc) {
-        *self.origin_desc.lock().unwrap_or_else(|p| p.into_inner()) = Some(origin);
-        *self.cache_desc.lock().unwrap_or_else(|p| p.into_inner()) = Some(cache);
+    /// The origin and cache bdevs, claimed from create to shutdown.
+    pub(crate) fn set_bases(&self, origin: VbdevBase, cache: VbdevBase) {
+        let _ = self.origin_base.set(origin);
+        let _ = self.cache_base.set(cache);
     }
 
-    /// Shutdown: both descriptors go (the bdevs' claims with them).
-    pub(crate) fn close_descs(&self) {
-        self.origin_desc
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        self.cache_desc
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+    /// Shutdown: both bases are closed (their claims with them).
+    pub(crate) fn close_bases(&self) {
+        self.origin_base.get().map(VbdevBase::close);
+        self.cache_base.get().map(VbdevBase::close);
     }
 
     /// This thread's channel to the origin.
     pub(crate) fn origin_channel(&self) -> Result<BdevChannel, BdevError> {
-        let d = self.origin_desc.lock().unwrap_or_else(|p| p.into_inner());
-        d.as_ref()
+        self.origin_base
+            .get()
             .ok_or_else(|| BdevError::Removing(format!("{} (origin)", self.name)))?
-            .get_io_channel()
+            .channel()
     }
 
     pub(crate) fn log_ctx(&self) -> LogCtx<'_> {

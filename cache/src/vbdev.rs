@@ -13,9 +13,8 @@ use crate::lane_channel::{LaneChannel, lane_device};
 use crate::log::LaneLog;
 use crate::params::CreateParams;
 use crate::segments::SegmentTable;
-use bdev::{
-    Bdev, BdevChannelOps, BdevDesc, BdevError, BdevEvent, BdevModule, BdevOps, BdevProps, IoType,
-};
+use bdev::vbdev::VbdevBase;
+use bdev::{Bdev, BdevChannelOps, BdevError, BdevModule, BdevOps, BdevProps, IoType};
 use poller::IoDevice;
 use serde_json::{Value, json};
 use std::rc::Rc;
@@ -128,7 +127,7 @@ fn shutdown(cache: &Cache) {
         tracing::error!(cache = %cache.name(), "recording the clean shutdown failed: {e}");
     }
     drop(meta);
-    cache.close_descs();
+    cache.close_bases();
     tracing::info!(cache = %cache.name(), "pcache stopped cleanly");
 }
 
@@ -169,32 +168,11 @@ pub fn create(params: CreateParams) -> Result<Bdev, CacheError> {
             origin.block_size
         )));
     }
-    let name = params.name.clone();
-    let on_event = |what: &'static str, name: String| {
-        move |ev: BdevEvent| {
-            if ev == BdevEvent::Remove {
-                tracing::warn!(pcache = %name, "{what} is being removed: removing the cache bdev");
-                if let Some(b) = Bdev::lookup(&name) {
-                    b.unregister(|_| {});
-                }
-            }
-        }
-    };
-    let cache_desc = BdevDesc::open(
-        cache_bdev.name(),
-        true,
-        on_event("the cache bdev", name.clone()),
-    )?;
-    cache_desc.claim(MODULE)?;
-    let origin_desc = BdevDesc::open(
-        origin_bdev.name(),
-        true,
-        on_event("the origin bdev", name.clone()),
-    )?;
-    origin_desc.claim(MODULE)?;
+    let cache_base = VbdevBase::open(MODULE, &params.name, cache_bdev.name())?;
+    let origin_base = VbdevBase::open(MODULE, &params.name, origin_bdev.name())?;
 
     let cache = attach(&params, pmem, origin, origin_bdev.name())?;
-    cache.set_descs(origin_desc, cache_desc);
+    cache.set_bases(origin_base, cache_base);
     let lanes = lane_device(&cache);
     // Writeback runs on this (the management) thread until shutdown stops it.
     crate::writeback::start(&cache, lanes.clone())?;
@@ -208,7 +186,13 @@ pub fn create(params: CreateParams) -> Result<Bdev, CacheError> {
         cache.flush_start();
     }
 
-    let mut props = BdevProps::new(&name, MODULE, "pcache", origin.block_size, origin.blocks);
+    let mut props = BdevProps::new(
+        &params.name,
+        MODULE,
+        "pcache",
+        origin.block_size,
+        origin.blocks,
+    );
     // Like SPDK's vbdevs, a UUID derived from the base's (here the origin's: the bdev shows its
     // data) unless one is given, so it stays the same at every start.
     props.uuid = Some(
@@ -422,10 +406,7 @@ fn lanes_after_replay(
 
 /// `bdev_pcache_delete`: unregisters the bdev; the clean shutdown runs when its users are gone.
 pub fn delete(name: &str, done: impl FnOnce(Result<(), BdevError>) + Send + 'static) {
-    match Bdev::lookup(name) {
-        Some(b) if b.module() == MODULE => b.unregister(done),
-        _ => done(Err(BdevError::NoSuchDevice(name.to_string()))),
-    }
+    Bdev::unregister_module_bdev(MODULE, name, done)
 }
 
 /// The cache behind a pcache bdev.
