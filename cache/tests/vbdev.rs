@@ -476,3 +476,36 @@ fn flipped_bytes_in_pmem_are_never_returned_as_data() {
     unregister(&h, origin);
     unregister(&h, Bdev::lookup("fl_pmem").unwrap());
 }
+
+#[test]
+fn removing_the_origin_or_the_cache_device_removes_the_pcache_bdev_and_frees_the_other() {
+    let h = Harness::new(1);
+    let pm: Arc<dyn Pmem> = Arc::new(PmemFile::anonymous(64 << 20).unwrap());
+    let dev = bdev::pmem::create_with("hr_pmem", pm, 4096).unwrap();
+    let origin = malloc::create(MallocCreateParams::new("hr_origin", 1024, 4096)).unwrap();
+    let pc = h.run_on(0, || {
+        cache::vbdev::create(params("hr_cache", "hr_pmem", "hr_origin")).unwrap()
+    });
+    assert_eq!(origin.claimed_by().as_deref(), Some("pcache"));
+    assert_eq!(dev.claimed_by().as_deref(), Some("pcache"));
+    drop(pc);
+    unregister(&h, origin);
+    assert!(Bdev::lookup("hr_cache").is_none(), "gone with its origin");
+    assert_eq!(dev.claimed_by(), None, "the cache device is free again");
+
+    // Reattached to a new origin of the same identity, then the cache device goes.
+    let mut o = MallocCreateParams::new("hr_origin", 1024, 4096);
+    o.uuid = Some(uuid::Uuid::new_v4());
+    let origin = malloc::create(o).unwrap();
+    let mut p = params("hr_cache", "hr_pmem", "hr_origin");
+    p.format = true;
+    let pc = h.run_on(0, || cache::vbdev::create(p).unwrap());
+    drop(pc);
+    unregister(&h, dev);
+    assert!(
+        Bdev::lookup("hr_cache").is_none(),
+        "gone with its cache device"
+    );
+    assert_eq!(origin.claimed_by(), None, "the origin is free again");
+    unregister(&h, origin);
+}
