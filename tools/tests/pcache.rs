@@ -3,8 +3,8 @@
 //! by the uring bdev, both in a temp dir each test makes. Every process runs on one core
 //! (`-m 0x1`) with idle back-off, so tests running side by side share the machine.
 //!
-//! pcache_tgt is not a binary of this crate: it is taken from next to bdevperf, so build it first
-//! (`cargo build --release`, as scripts/test.sh does).
+//! pcache_tgt is not a binary of this crate: `tests::pcache_tgt` has cargo build it when it is not
+//! current.
 //!
 //! - the verify matrix (dm-pcache's own): every mode × data_crc on/off × gc_percent 0 and 80;
 //! - a pattern written through the cache survives the process and is found by the next one;
@@ -29,14 +29,9 @@ const ORIGIN_UUID: &str = "0c9e6a52-7d1f-4b38-a2c4-5e8f90b1d3a7";
 /// The smallest segment (params.rs): many segments, so GC has whole segments to free early.
 const SEGMENT: u64 = MIB;
 
+/// The current `pcache_tgt` (cargo builds it if it is not).
 fn pcache_tgt() -> PathBuf {
-    let bin = Path::new(BDEVPERF).with_file_name("pcache_tgt");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it first with `cargo build --release`",
-        bin.display()
-    );
-    bin
+    tests::pcache_tgt().to_path_buf()
 }
 
 /// How the pcache bdev is created.
