@@ -99,13 +99,15 @@ impl ChannelInner {
     pub(crate) fn check_stall(&self, now: u64, limit: u64) {
         let mut w = self.stall.get();
         let outstanding = self.pool.outstanding() + self.split_pool.outstanding();
-        let name = self
-            .bdev
-            .upgrade()
-            .map_or_else(|| "?".to_string(), |b| b.props.name.clone());
+        // Only a line that is logged needs the name.
+        let name = || {
+            self.bdev
+                .upgrade()
+                .map_or_else(|| "?".to_string(), |b| b.props.name.clone())
+        };
         if outstanding == 0 || self.completed.get() != w.completed {
             if w.reported {
-                tracing::info!(bdev = name, "I/O completes again");
+                tracing::info!(bdev = name(), "I/O completes again");
             }
             w = StallWatch {
                 completed: self.completed.get(),
@@ -118,7 +120,7 @@ impl ChannelInner {
                 .stall_report()
                 .map_or_else(String::new, |r| format!("; {r}"));
             tracing::warn!(
-                bdev = name,
+                bdev = name(),
                 "no I/O completed for {STALL_SECS} s while {outstanding} of {} are outstanding; \
                  {} submitters wait for a free bdev_io{module}",
                 self.pool.capacity(),
