@@ -1,0 +1,1 @@
+//! The initiator bdev module (bdev_nvme_attach_controller).

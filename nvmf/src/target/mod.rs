@@ -1,0 +1,1 @@
+//! The NVMe-oF/TCP target.

@@ -1,0 +1,1 @@
+//! The NVMe, NVMe-oF and NVMe/TCP wire formats.
