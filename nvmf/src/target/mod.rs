@@ -1,1 +1,20 @@
-//! The NVMe-oF/TCP target.
+//! The NVMe-oF/TCP target: subsystems of namespaces (bdevs) exported to hosts over TCP.
+//!
+//! ```text
+//! error  options  transport       errors, nvmf_create_transport's options, the transport
+//! subsystem                       subsystems, namespaces, hosts, controllers (control path)
+//! listener                        listening sockets, the acceptor on the app thread
+//! poll_group                      one per reactor: owns its connections and polls them
+//! config  rpc                     save_config and the start-up settings, the nvmf_* RPCs
+//! ```
+
+pub mod config;
+mod error;
+pub mod listener;
+pub mod options;
+pub mod poll_group;
+pub mod rpc;
+pub mod subsystem;
+pub mod transport;
+
+pub use error::TargetError;
