@@ -100,6 +100,11 @@ pub struct TransportOptions {
     pub kas: u16,
     #[serde(default = "d_min_kato")]
     pub min_kato: u32,
+    /// ONCS / FUSES bits to hide from hosts; not supported (refused unless empty).
+    #[serde(default)]
+    pub masked_oncs: Option<Value>,
+    #[serde(default)]
+    pub masked_fuses: Option<Value>,
     // RDMA / VFIO-USER only.
     #[serde(default)]
     pub ack_timeout: u32,
@@ -195,6 +200,15 @@ impl TransportOptions {
         if self.dif_insert_or_strip {
             return Err(TargetError::invalid(
                 "dif_insert_or_strip: no bdev here has protection information",
+            ));
+        }
+        let empty = |v: &Option<Value>| {
+            v.as_ref()
+                .is_none_or(|v| v.is_null() || v == &json!("") || v == &json!([]))
+        };
+        if !empty(&self.masked_oncs) || !empty(&self.masked_fuses) {
+            return Err(TargetError::invalid(
+                "masked_oncs / masked_fuses are not supported",
             ));
         }
         if self.kas == 0 {
