@@ -753,3 +753,12 @@ mod tests {
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
 }
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released), for a
+/// server under test; another service may hold the well-known ports.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free TCP port on 127.0.0.1")
+}
