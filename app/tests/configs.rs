@@ -49,6 +49,18 @@ fn run_until_ready(config: &Path, dir: &Path) -> (i32, String) {
     )
 }
 
+/// The example configs listen on NVMe/TCP's well-known port (or the demo's placeholder); tests
+/// take a free one instead, since another service may hold 4420.
+fn with_free_ports(text: &str) -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+        .to_string();
+    text.replace("\"4420\"", &format!("\"{port}\""))
+        .replace("@NVMF_PORT@", &port)
+}
+
 #[test]
 fn every_example_config_starts_and_stops_cleanly() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
@@ -60,10 +72,12 @@ fn every_example_config_starts_and_stops_cleanly() {
         }
         let dir = tempfile::tempdir().unwrap();
         // Point every file the config names into the temp dir, and create the origin files.
-        let text = std::fs::read_to_string(&path)
-            .unwrap()
-            .replace("@STATE@", dir.path().to_str().unwrap())
-            .replace("/var/tmp/", &format!("{}/", dir.path().display()));
+        let text = with_free_ports(
+            &std::fs::read_to_string(&path)
+                .unwrap()
+                .replace("@STATE@", dir.path().to_str().unwrap())
+                .replace("/var/tmp/", &format!("{}/", dir.path().display())),
+        );
         for name in ["origin.img", "pcache-uring.img", "pcache-origin.img"] {
             let f = std::fs::File::create(dir.path().join(name)).unwrap();
             f.set_len(64 << 20).unwrap();
@@ -102,9 +116,11 @@ fn every_example_config_starts_and_stops_cleanly() {
 fn the_demo_config_restarts_on_its_own_state() {
     let dir = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
-    let text = std::fs::read_to_string(root.join("demo.json"))
-        .unwrap()
-        .replace("@STATE@", dir.path().to_str().unwrap());
+    let text = with_free_ports(
+        &std::fs::read_to_string(root.join("demo.json"))
+            .unwrap()
+            .replace("@STATE@", dir.path().to_str().unwrap()),
+    );
     let f = std::fs::File::create(dir.path().join("origin.img")).unwrap();
     f.set_len(64 << 20).unwrap();
     let config = dir.path().join("demo.json");
