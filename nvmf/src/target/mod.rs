@@ -8,7 +8,10 @@
 //! config  rpc                     save_config and the start-up settings, the nvmf_* RPCs
 //! ```
 
+pub mod admin;
 pub mod config;
+pub mod controller;
+pub mod discovery;
 mod error;
 pub mod listener;
 pub mod options;
