@@ -12,6 +12,7 @@ use crate::target::options::TransportOptions;
 use crate::target::subsystem::Subsystem;
 use crate::wire::command::Sqe;
 use crate::wire::fabrics::{Cap, Cc, Csts, VS_1_3, cap_css, cc_css, reg, shutdown};
+use crate::wire::features::{AsyncEvent, ErrorRecovery, HostBehavior, NumberOfQueues, aec};
 use crate::wire::status::Status;
 use std::cell::Cell;
 use std::collections::BTreeSet;
@@ -31,23 +32,10 @@ pub const VERSION: u32 = VS_1_3;
 /// Entries of the Changed Namespace List log before it reports "more than 1024 changed".
 pub const CHANGED_NS_MAX: usize = 1024;
 
-/// Asynchronous Event Configuration bits (Set Features 0Bh).
-pub mod aec {
-    /// Namespace Attribute Notices.
-    pub const NS_ATTR: u32 = 1 << 8;
-    /// Discovery Log Page Change Notices (discovery controllers).
-    pub const DISCOVERY_CHANGE: u32 = 1 << 31;
-}
-
-/// CQE dword 0 of an Asynchronous Event Request completion: event type 2 (notice), the event
-/// information and the log page to read.
-pub const fn aer_dw0(info: u8, lid: u8) -> u32 {
-    2 | (info as u32) << 8 | (lid as u32) << 16
-}
-/// Notice: Namespace Attribute Changed, read log 04h.
-pub const AER_NS_CHANGED: u32 = aer_dw0(0x00, 0x04);
+/// Notice: Namespace Attribute Changed, read log 04h (CQE dw0 of the AER).
+pub const AER_NS_CHANGED: u32 = AsyncEvent::NS_ATTR_CHANGED.to_dw0();
 /// Notice: Discovery Log Page Change, read log 70h.
-pub const AER_DISCOVERY_CHANGED: u32 = aer_dw0(0xF0, 0x70);
+pub const AER_DISCOVERY_CHANGED: u32 = AsyncEvent::DISCOVERY_LOG_CHANGE.to_dw0();
 
 /// What [`Controller::admin`] asks its caller to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,15 +108,13 @@ pub(super) struct Features {
     /// Composite temperature over / under thresholds (Kelvin).
     pub(super) temp_over: u16,
     pub(super) temp_under: u16,
-    pub(super) error_recovery: u32,
+    pub(super) error_recovery: ErrorRecovery,
     pub(super) interrupt_coalescing: u32,
     pub(super) write_atomicity: u32,
     pub(super) async_event_config: u32,
-    /// Host Behavior Support bytes 0..4 (ACRE, ETDAS, LBAFEE, reserved); the rest is reserved.
-    pub(super) host_behavior: [u8; 4],
-    /// Number of Queues granted, 0's based (NSQA, NCQA).
-    pub(super) nsqa: u16,
-    pub(super) ncqa: u16,
+    pub(super) host_behavior: HostBehavior,
+    /// Number of Queues granted (NSQA, NCQA, 0's based).
+    pub(super) queues: NumberOfQueues,
 }
 
 impl Features {
@@ -145,7 +131,7 @@ impl Features {
             // 70 °C.
             temp_over: 343,
             temp_under: 0,
-            error_recovery: 0,
+            error_recovery: ErrorRecovery::default(),
             interrupt_coalescing: 0,
             write_atomicity: 0,
             // The notices we implement are on until the host says otherwise (as SPDK does).
@@ -154,9 +140,11 @@ impl Features {
             } else {
                 aec::NS_ATTR
             },
-            host_behavior: [0; 4],
-            nsqa: queues,
-            ncqa: queues,
+            host_behavior: HostBehavior::default(),
+            queues: NumberOfQueues {
+                nsq: queues,
+                ncq: queues,
+            },
         }
     }
 }
@@ -262,7 +250,11 @@ impl Controller {
         if self.discovery {
             0
         } else {
-            self.features.nsqa.min(self.features.ncqa).saturating_add(1)
+            self.features
+                .queues
+                .nsq
+                .min(self.features.queues.ncq)
+                .saturating_add(1)
         }
     }
 
@@ -427,5 +419,486 @@ impl Controller {
     /// Outstanding AER command ids (to complete with ABORTED - SQ DELETION at teardown).
     pub fn take_outstanding_aers(&mut self) -> Vec<u16> {
         std::mem::take(&mut self.aers)
+    }
+}
+
+/// What the controller, admin and discovery tests share: a transport, subsystems with unique
+/// NQNs in the process-wide target, enabled controllers, and SQE builders.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::target::subsystem::{CreateSubsystemParams, ListenAddress, Target};
+    use crate::wire::command::admin;
+    use serde_json::json;
+
+    pub fn opts() -> Arc<TransportOptions> {
+        let mut o = TransportOptions::tcp();
+        o.check().unwrap_or_else(|e| panic!("{e}"));
+        Arc::new(o)
+    }
+
+    /// A new NVM subsystem `nqn` that allows only `hosts`.
+    pub fn subsystem(nqn: &str, hosts: &[&str]) -> Arc<Subsystem> {
+        let p: CreateSubsystemParams = serde_json::from_value(json!({
+            "nqn": nqn, "serial_number": "SN-CTRLR-TEST", "model_number": "pcache test ctrl",
+            "wzsl": 5, "dmrsl": 256,
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let t = Target::get();
+        t.create_subsystem(p).unwrap_or_else(|e| panic!("{e}"));
+        for h in hosts {
+            t.add_host(nqn, h).unwrap_or_else(|e| panic!("{e}"));
+        }
+        t.find(nqn).unwrap_or_else(|| panic!("{nqn} was created"))
+    }
+
+    pub fn discovery() -> Arc<Subsystem> {
+        Target::get()
+            .find(crate::target::subsystem::DISCOVERY_NQN)
+            .unwrap_or_else(|| panic!("the discovery subsystem exists"))
+    }
+
+    /// Records a listen address without opening a socket.
+    pub fn listen(s: &Subsystem, traddr: &str, port: u16) {
+        s.lock().listeners.push(ListenAddress {
+            trtype: "TCP".into(),
+            adrfam: if traddr.contains(':') { "IPv6" } else { "IPv4" }.into(),
+            traddr: traddr.into(),
+            trsvcid: port.to_string(),
+        });
+    }
+
+    pub const HOSTID: Uuid = Uuid::from_bytes([
+        0x6c, 0x1f, 0x3d, 0x4e, 0x0a, 0x6b, 0x4b, 0x5e, 0x9d, 0x1c, 0x2f, 0x3e, 0x4a, 0x5b, 0x6c,
+        0x7d,
+    ]);
+
+    /// A controller as an admin Connect makes it, then enabled the way the Linux host does.
+    pub fn controller(s: &Arc<Subsystem>, host: &str, cntlid: u16) -> Controller {
+        let mut c = Controller::new(cntlid, s.clone(), host, HOSTID, 10_000, 31, opts());
+        enable(&mut c);
+        c
+    }
+
+    /// CC.EN = 1, CSS NVM, MPS 0, IOSQES 6, IOCQES 4.
+    pub fn enable(c: &mut Controller) {
+        let cc = Cc {
+            en: true,
+            iosqes: 6,
+            iocqes: 4,
+            ..Cc::default()
+        };
+        c.property_set(reg::CC, 4, u64::from(cc.to_u32()))
+            .unwrap_or_else(|s| panic!("enable: {s:?}"));
+    }
+
+    pub fn sqe(opcode: u8, cid: u16, nsid: u32, cdw10: u32, cdw11: u32) -> Sqe {
+        let mut s = Sqe::new(opcode, cid, nsid);
+        s.cdw10 = cdw10;
+        s.cdw11 = cdw11;
+        s
+    }
+
+    pub fn identify(cns: u8, nsid: u32, csi: u8) -> Sqe {
+        sqe(
+            admin::IDENTIFY,
+            1,
+            nsid,
+            u32::from(cns),
+            u32::from(csi) << 24,
+        )
+    }
+
+    /// Get Log Page for `len` bytes (a multiple of 4) at `lpo`.
+    pub fn get_log(lid: u8, len: u32, lpo: u64, rae: bool) -> Sqe {
+        let numd = len / 4 - 1;
+        let mut s = sqe(
+            admin::GET_LOG_PAGE,
+            2,
+            0xFFFF_FFFF,
+            u32::from(lid) | u32::from(rae) << 15 | (numd & 0xFFFF) << 16,
+            numd >> 16,
+        );
+        s.cdw12 = lpo as u32;
+        s.cdw13 = (lpo >> 32) as u32;
+        s
+    }
+
+    pub fn get_features(fid: u8, sel: u8, cdw11: u32) -> Sqe {
+        sqe(
+            admin::GET_FEATURES,
+            3,
+            0,
+            u32::from(fid) | u32::from(sel) << 8,
+            cdw11,
+        )
+    }
+
+    pub fn set_features(fid: u8, cdw11: u32) -> Sqe {
+        sqe(admin::SET_FEATURES, 4, 0, u32::from(fid), cdw11)
+    }
+
+    /// Runs a command expected to complete now; returns (status, dw0, data_len).
+    pub fn done(c: &mut Controller, s: &Sqe, data: &mut [u8]) -> (Status, u32, u32) {
+        match c.admin(s, data) {
+            AdminOutcome::Done {
+                status,
+                dw0,
+                data_len,
+            } => (status, dw0, data_len),
+            other => panic!("opcode {:#x}: {other:?}", s.opcode),
+        }
+    }
+
+    /// The status of a command expected to complete now.
+    pub fn status(c: &mut Controller, s: &Sqe) -> Status {
+        let mut data = [0u8; 4096];
+        done(c, s, &mut data).0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+    use crate::wire::command::admin;
+
+    #[test]
+    fn cap_vs_and_the_initial_registers() {
+        let s = subsystem("nqn.2016-06.io.pcache:ctrlr-regs", &[]);
+        let c = Controller::new(1, s, "nqn.h:regs", HOSTID, 0, 31, opts());
+        let cap = Cap::from_u64(c.property_get(reg::CAP, 8).unwrap_or_default());
+        assert_eq!(cap.mqes, 127);
+        assert!(cap.cqr);
+        assert_eq!(cap.to, CAP_TO);
+        assert_eq!(cap.css, cap_css::NVM);
+        assert_eq!((cap.mpsmin, cap.mpsmax, cap.ams, cap.dstrd), (0, 0, 0, 0));
+        assert_eq!(c.property_get(reg::VS, 4), Ok(0x0001_0300));
+        assert_eq!(c.property_get(reg::CC, 4), Ok(0));
+        assert_eq!(c.property_get(reg::CSTS, 4), Ok(0));
+        assert_eq!(c.property_get(reg::NSSR, 4), Ok(0));
+        // Wrong sizes and unknown offsets.
+        assert_eq!(c.property_get(reg::CAP, 4), Err(Status::INVALID_FIELD));
+        assert_eq!(c.property_get(reg::VS, 8), Err(Status::INVALID_FIELD));
+        assert_eq!(c.property_get(0x30, 4), Err(Status::INVALID_FIELD));
+        assert_eq!(c.property_get(reg::CC, 3), Err(Status::INVALID_FIELD));
+        assert!(!c.enabled());
+        assert!(!c.shutting_down());
+        assert_eq!(c.io_queues_granted(), 127);
+        assert_eq!(c.cntlid(), 1);
+        assert!(!c.is_discovery());
+        assert_eq!(c.hostnqn(), "nqn.h:regs");
+        assert_eq!(c.admin_sqsize(), 31);
+    }
+
+    #[test]
+    fn enable_reset_and_shutdown() {
+        let s = subsystem("nqn.2016-06.io.pcache:ctrlr-cc", &[]);
+        let mut c = Controller::new(1, s, "nqn.h:cc", HOSTID, 0, 31, opts());
+        // Admin commands wait for CC.EN.
+        assert_eq!(
+            status(&mut c, &sqe(admin::KEEP_ALIVE, 1, 0, 0, 0)),
+            Status::COMMAND_SEQUENCE_ERROR
+        );
+        // Read-only registers.
+        for off in [reg::CAP, reg::VS, reg::CSTS, reg::NSSR] {
+            let size = reg::size(off).unwrap_or(4);
+            assert_eq!(
+                c.property_set(off, size, 1),
+                Err(Status::INVALID_FIELD),
+                "{off:#x}"
+            );
+        }
+        assert_eq!(c.property_set(reg::CC, 8, 1), Err(Status::INVALID_FIELD));
+        // An enable asking for what CAP does not offer is refused and leaves it disabled.
+        for bad in [
+            Cc {
+                en: true,
+                mps: 1,
+                ..Cc::default()
+            },
+            Cc {
+                en: true,
+                css: 1,
+                ..Cc::default()
+            },
+            Cc {
+                en: true,
+                ams: 1,
+                ..Cc::default()
+            },
+            Cc {
+                en: true,
+                iosqes: 7,
+                ..Cc::default()
+            },
+        ] {
+            assert_eq!(
+                c.property_set(reg::CC, 4, u64::from(bad.to_u32())),
+                Err(Status::INVALID_FIELD)
+            );
+            assert_eq!(c.property_get(reg::CSTS, 4), Ok(0));
+        }
+        enable(&mut c);
+        let csts = Csts::from_u32(c.property_get(reg::CSTS, 4).unwrap_or_default() as u32);
+        assert!(csts.rdy);
+        assert_eq!(csts.shst, shutdown::SHST_NORMAL);
+        assert!(c.enabled());
+        let cc = Cc::from_u32(c.property_get(reg::CC, 4).unwrap_or_default() as u32);
+        assert!(cc.en);
+        assert_eq!((cc.iosqes, cc.iocqes), (6, 4));
+        assert_eq!(
+            status(&mut c, &sqe(admin::KEEP_ALIVE, 1, 0, 0, 0)),
+            Status::SUCCESS
+        );
+
+        // A feature changed, then EN 1→0: not ready, features back to defaults.
+        assert_eq!(
+            status(&mut c, &set_features(admin_fid::ARBITRATION, 3)),
+            Status::SUCCESS
+        );
+        c.property_set(reg::CC, 4, 0)
+            .unwrap_or_else(|s| panic!("{s:?}"));
+        assert!(!c.enabled());
+        assert_eq!(c.property_get(reg::CSTS, 4), Ok(0));
+        enable(&mut c);
+        let mut d = [0u8; 8];
+        assert_eq!(
+            done(&mut c, &get_features(admin_fid::ARBITRATION, 0, 0), &mut d).1,
+            7
+        );
+
+        // SHN → SHST complete at once; RDY stays until EN is cleared.
+        let shn = Cc {
+            en: true,
+            iosqes: 6,
+            iocqes: 4,
+            shn: shutdown::SHN_NORMAL,
+            ..Cc::default()
+        };
+        c.property_set(reg::CC, 4, u64::from(shn.to_u32()))
+            .unwrap_or_else(|s| panic!("{s:?}"));
+        let csts = Csts::from_u32(c.property_get(reg::CSTS, 4).unwrap_or_default() as u32);
+        assert_eq!(csts.shst, shutdown::SHST_COMPLETE);
+        assert!(csts.rdy);
+        assert!(c.shutting_down());
+        // Disabled and enabled again: normal operation.
+        c.property_set(reg::CC, 4, 0)
+            .unwrap_or_else(|s| panic!("{s:?}"));
+        assert!(!c.shutting_down());
+        enable(&mut c);
+        let csts = Csts::from_u32(c.property_get(reg::CSTS, 4).unwrap_or_default() as u32);
+        assert_eq!((csts.rdy, csts.shst), (true, shutdown::SHST_NORMAL));
+    }
+
+    use crate::wire::features::fid as admin_fid;
+    use crate::wire::log::lid;
+
+    fn aer(cid: u16) -> Sqe {
+        sqe(admin::ASYNC_EVENT_REQUEST, cid, 0, 0, 0)
+    }
+
+    #[test]
+    fn aers_park_up_to_the_limit_and_complete_on_a_namespace_change() {
+        let s = subsystem("nqn.2016-06.io.pcache:ctrlr-aer", &[]);
+        let mut c = controller(&s, "nqn.h:aer", 1);
+        let mut d = [0u8; 0];
+        for cid in 10..14 {
+            assert_eq!(c.admin(&aer(cid), &mut d), AdminOutcome::Parked);
+        }
+        assert_eq!(
+            c.admin(&aer(14), &mut d),
+            AdminOutcome::status(Status::ASYNC_EVENT_LIMIT_EXCEEDED)
+        );
+        // The oldest completes, reporting Namespace Attribute Changed with log 04h.
+        assert_eq!(
+            c.namespace_changed(3),
+            Some(AerCompletion {
+                cid: 10,
+                dw0: 0x0004_0002
+            })
+        );
+        // Masked until the log is read: later changes only go to the log.
+        assert_eq!(c.namespace_changed(5), None);
+        assert_eq!(c.namespace_changed(3), None);
+        let mut log = [0u8; 4096];
+        // Retaining the event keeps it masked and the list whole.
+        assert_eq!(
+            done(&mut c, &get_log(lid::CHANGED_NS, 4096, 0, true), &mut log).0,
+            Status::SUCCESS
+        );
+        assert_eq!(c.namespace_changed(6), None);
+        assert_eq!(
+            done(&mut c, &get_log(lid::CHANGED_NS, 4096, 0, false), &mut log).0,
+            Status::SUCCESS
+        );
+        assert_eq!(
+            &log[..16],
+            &[3, 0, 0, 0, 5, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0]
+        );
+        // Read without RAE: cleared and unmasked.
+        assert_eq!(
+            c.namespace_changed(1),
+            Some(AerCompletion {
+                cid: 11,
+                dw0: AER_NS_CHANGED
+            })
+        );
+        done(&mut c, &get_log(lid::CHANGED_NS, 4096, 0, false), &mut log);
+        assert_eq!(&log[..8], &[1, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(c.take_outstanding_aers(), vec![12, 13]);
+
+        // A change with no AER outstanding waits for the next AER, which completes at once.
+        assert_eq!(c.namespace_changed(2), None);
+        assert_eq!(c.admin(&aer(20), &mut d), AdminOutcome::dw0(AER_NS_CHANGED));
+        // ... and is masked again until the log is read.
+        assert_eq!(c.admin(&aer(21), &mut d), AdminOutcome::Parked);
+        assert_eq!(c.namespace_changed(2), None);
+        done(&mut c, &get_log(lid::CHANGED_NS, 4096, 0, false), &mut log);
+        assert_eq!(
+            c.namespace_changed(4),
+            Some(AerCompletion {
+                cid: 21,
+                dw0: AER_NS_CHANGED
+            })
+        );
+    }
+
+    #[test]
+    fn namespace_notices_can_be_disabled() {
+        let s = subsystem("nqn.2016-06.io.pcache:ctrlr-aec", &[]);
+        let mut c = controller(&s, "nqn.h:aec", 1);
+        let mut d = [0u8; 0];
+        assert_eq!(
+            status(&mut c, &set_features(admin_fid::ASYNC_EVENT_CONFIG, 0)),
+            Status::SUCCESS
+        );
+        assert_eq!(c.admin(&aer(1), &mut d), AdminOutcome::Parked);
+        assert_eq!(c.namespace_changed(7), None);
+        // Still logged.
+        let mut log = [0u8; 8];
+        done(&mut c, &get_log(lid::CHANGED_NS, 8, 0, false), &mut log);
+        assert_eq!(log, [7, 0, 0, 0, 0, 0, 0, 0]);
+        // Enabled again: the next change is reported.
+        assert_eq!(
+            status(
+                &mut c,
+                &set_features(admin_fid::ASYNC_EVENT_CONFIG, aec::NS_ATTR)
+            ),
+            Status::SUCCESS
+        );
+        assert_eq!(
+            c.namespace_changed(7),
+            Some(AerCompletion {
+                cid: 1,
+                dw0: AER_NS_CHANGED
+            })
+        );
+        // NSID 0 and the broadcast id are not namespaces.
+        assert_eq!(c.namespace_changed(0), None);
+        assert_eq!(c.namespace_changed(u32::MAX), None);
+    }
+
+    #[test]
+    fn the_changed_namespace_list_overflows_to_ffffffff() {
+        let s = subsystem("nqn.2016-06.io.pcache:ctrlr-overflow", &[]);
+        let mut c = controller(&s, "nqn.h:overflow", 1);
+        for nsid in 1..=1025 {
+            c.namespace_changed(nsid);
+        }
+        let mut log = [0u8; 4096];
+        done(&mut c, &get_log(lid::CHANGED_NS, 4096, 0, false), &mut log);
+        assert_eq!(&log[..8], &[0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0]);
+        assert!(log[4..].iter().all(|&b| b == 0));
+        done(&mut c, &get_log(lid::CHANGED_NS, 4096, 0, false), &mut log);
+        assert!(log.iter().all(|&b| b == 0), "cleared by the read");
+        // 1024 exactly still fits.
+        for nsid in 1..=1024 {
+            c.namespace_changed(nsid);
+        }
+        done(&mut c, &get_log(lid::CHANGED_NS, 4096, 0, false), &mut log);
+        assert_eq!(&log[..4], &[1, 0, 0, 0]);
+        assert_eq!(&log[4092..], &[0, 4, 0, 0]);
+    }
+
+    #[test]
+    fn abort_names_the_command_and_forgets_an_aborted_aer() {
+        let s = subsystem("nqn.2016-06.io.pcache:ctrlr-abort", &[]);
+        let mut c = controller(&s, "nqn.h:abort", 1);
+        let mut d = [0u8; 0];
+        assert_eq!(c.admin(&aer(31), &mut d), AdminOutcome::Parked);
+        assert_eq!(c.admin(&aer(30), &mut d), AdminOutcome::Parked);
+        let abort = |sqid: u16, cid: u16| {
+            sqe(
+                admin::ABORT,
+                5,
+                0,
+                u32::from(sqid) | u32::from(cid) << 16,
+                0,
+            )
+        };
+        assert_eq!(
+            c.admin(&abort(0, 31), &mut d),
+            AdminOutcome::Abort { sqid: 0, cid: 31 }
+        );
+        assert_eq!(
+            c.admin(&abort(2, 77), &mut d),
+            AdminOutcome::Abort { sqid: 2, cid: 77 }
+        );
+        // The aborted AER is no longer completed by events nor returned at teardown.
+        assert_eq!(
+            c.namespace_changed(1),
+            Some(AerCompletion {
+                cid: 30,
+                dw0: AER_NS_CHANGED
+            })
+        );
+        assert!(c.take_outstanding_aers().is_empty());
+        assert_eq!(c.abort_result(true), AdminOutcome::dw0(0));
+        assert_eq!(c.abort_result(false), AdminOutcome::dw0(1));
+    }
+
+    #[test]
+    fn keep_alive_expires_after_kato_without_admin_commands() {
+        let s = subsystem("nqn.2016-06.io.pcache:ctrlr-kato", &[]);
+        let mut c = controller(&s, "nqn.h:kato", 1);
+        assert_eq!(c.kato_ms(), 10_000);
+        let kato = poller::time::us_to_ticks(10_000_000);
+        // The first check starts the clock.
+        assert!(!c.keep_alive_expired(1000));
+        assert!(!c.keep_alive_expired(1000 + kato));
+        assert!(c.keep_alive_expired(1001 + kato));
+        c.keep_alive_received(5 * kato);
+        assert!(!c.keep_alive_expired(5 * kato + kato / 2));
+        assert!(c.keep_alive_expired(6 * kato + 1));
+        // KATO 0: never.
+        let off = Controller::new(2, s, "nqn.h:kato", HOSTID, 0, 31, opts());
+        assert!(!off.keep_alive_expired(0));
+        assert!(!off.keep_alive_expired(u64::MAX));
+    }
+
+    #[test]
+    fn unknown_and_queue_commands_are_invalid_opcodes() {
+        let s = subsystem("nqn.2016-06.io.pcache:ctrlr-opcodes", &[]);
+        let mut c = controller(&s, "nqn.h:opcodes", 1);
+        for op in [
+            admin::CREATE_IO_SQ,
+            admin::DELETE_IO_SQ,
+            admin::CREATE_IO_CQ,
+            admin::DELETE_IO_CQ,
+            admin::FORMAT_NVM,
+            admin::NS_MANAGEMENT,
+            admin::FABRICS,
+            0xC0,
+        ] {
+            assert_eq!(
+                status(&mut c, &sqe(op, 1, 0, 0, 0)),
+                Status::INVALID_OPCODE,
+                "{op:#x}"
+            );
+        }
+        let mut fused = sqe(admin::KEEP_ALIVE, 1, 0, 0, 0);
+        fused.fuse = 1;
+        assert_eq!(status(&mut c, &fused), Status::INVALID_FIELD);
     }
 }
