@@ -9,13 +9,17 @@
 //! ```
 
 pub mod admin;
+pub mod buffers;
 pub mod config;
+pub mod connection;
 pub mod controller;
 pub mod discovery;
 mod error;
+pub mod io;
 pub mod listener;
 pub mod options;
 pub mod poll_group;
+pub mod request;
 pub mod rpc;
 pub mod subsystem;
 pub mod transport;
