@@ -97,6 +97,7 @@ pub fn register_rpcs() {
         bdev::error_inject::rpc::register_rpcs();
         cache::rpc::register_rpcs();
         nvmf::target::rpc::register_rpcs();
+        nvmf::host::rpc::register_rpcs();
         // RUNTIME only, as in SPDK: a target waiting for framework_start_init is stopped by a signal.
         rpc::register("spdk_kill_instance", StateMask::RUNTIME, kill_instance);
         rpc::register(
