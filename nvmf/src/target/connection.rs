@@ -52,7 +52,7 @@ const DIRECT_MIN: usize = 8 * 1024;
 /// `recv`s per readiness event before the next connection gets its turn.
 const READS_PER_POLL: usize = 4;
 /// Iovecs per `writev`.
-const IOV_BATCH: usize = 64;
+const IOV_BATCH: usize = 256;
 /// Send-queue entries for the connection's own PDUs.
 const CTRL_IC: u16 = u16::MAX;
 const CTRL_TERM: u16 = u16::MAX - 1;
@@ -1458,8 +1458,7 @@ impl Connection {
         let entries = usize::from(cmd.sqsize) + 1;
         let before = self.slots.len();
         self.slots.resize(entries, own);
-        sh.pool
-            .add_slots(self.slots.len() - before.min(self.slots.len()) + before);
+        sh.pool.add_slots(self.slots.len().saturating_sub(before));
         self.sendq.reserve(self.slots.len() + 2);
         self.sq_entries = cmd.sqsize.saturating_add(1);
         self.sqhd %= self.sq_entries.max(1);

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod host;
+
 use nvmf::wire::command::{Cqe, Sgl, Sqe, admin, io as op};
 use nvmf::wire::fabrics::{
     CNTLID_DYNAMIC, ConnectCommand, ConnectData, Nqn, PropertyGet, PropertySet, reg,
@@ -29,7 +31,8 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// A target with a 16 MiB malloc namespace (NSID 1) in `NQN`, open to any host, on a free port.
 pub struct Tgt {
-    pub t: Target,
+    /// None when the caller runs the process itself.
+    pub t: Option<Target>,
     pub port: u16,
     pub rpc: RawClient,
 }
@@ -48,7 +51,12 @@ impl Tgt {
     /// With these transport options; `any_host` false allows only `HOSTNQN`.
     pub fn start_with(transport: Value, any_host: bool) -> Tgt {
         let t = Target::start();
-        let mut rpc = t.raw();
+        let rpc = t.raw();
+        Self::setup(Some(t), rpc, transport, any_host)
+    }
+
+    /// Sets up the transport, subsystem, namespace and listener on a running target.
+    pub fn setup(t: Option<Target>, mut rpc: RawClient, transport: Value, any_host: bool) -> Tgt {
         let port = free_port();
         rpc_ok(&mut rpc, "nvmf_create_transport", transport);
         rpc_ok(
@@ -92,7 +100,7 @@ impl Tgt {
     }
 
     pub fn log(&self) -> String {
-        self.t.log_text()
+        self.t.as_ref().map(Target::log_text).unwrap_or_default()
     }
 }
 
