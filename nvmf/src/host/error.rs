@@ -27,6 +27,9 @@ pub enum HostError {
     /// A command completed with an error status.
     #[error("{what} failed: {status}")]
     Status { what: String, status: Status },
+    /// The controller refused a Fabrics Connect (the NQN, the host, the queue...).
+    #[error("{what} refused: {status}")]
+    Refused { what: String, status: Status },
     /// A step took longer than its limit (ETIMEDOUT).
     #[error("{0}")]
     Timeout(String),
@@ -59,11 +62,20 @@ impl HostError {
             HostError::NotFound(_) => libc::ENODEV,
             HostError::Io { errno, .. } => *errno,
             HostError::Protocol(_) => libc::EPROTO,
-            // A Connect refusal is about the request (the host, the NQN): EINVAL like
-            // Status::to_errno reads any command specific code; the rest per that mapping.
             HostError::Status { status, .. } => match status.to_errno() {
                 0 => libc::EIO,
                 e => e,
+            },
+            // The Connect codes (command specific 80h..84h) read as what they say.
+            HostError::Refused { status, .. } => match (status.sct, status.sc) {
+                (1, 0x81) => libc::EBUSY,
+                (1, 0x84) => libc::EACCES,
+                (1, 0x80 | 0x82) => libc::EINVAL,
+                (1, 0x83) => libc::EAGAIN,
+                _ => match status.to_errno() {
+                    0 => libc::EIO,
+                    e => e,
+                },
             },
             HostError::Timeout(_) => libc::ETIMEDOUT,
             HostError::Gone(_) => libc::ENXIO,
@@ -90,12 +102,25 @@ mod tests {
         let r: RpcError = e.into();
         assert_eq!(r.code(), -libc::ECONNREFUSED);
         assert_eq!(r.message(), "connect to 127.0.0.1:4420: Connection refused");
-        let s = HostError::Status {
+        let s = HostError::Refused {
             what: "Connect".into(),
             status: Status::CONNECT_INVALID_HOST,
         };
+        assert_eq!(s.errno(), libc::EACCES);
+        assert!(
+            s.to_string()
+                .starts_with("Connect refused: sct 0x1 sc 0x84")
+        );
+        let s = HostError::Refused {
+            what: "Connect".into(),
+            status: Status::CONNECT_INVALID_PARAMETERS,
+        };
         assert_eq!(s.errno(), libc::EINVAL);
-        assert!(s.to_string().starts_with("Connect failed: sct 0x1 sc 0x84"));
+        let s = HostError::Status {
+            what: "Identify".into(),
+            status: Status::INVALID_FIELD,
+        };
+        assert_eq!(s.errno(), libc::EINVAL);
         assert_eq!(HostError::Exists("x".into()).errno(), libc::EALREADY);
         assert_eq!(HostError::Timeout("t".into()).errno(), libc::ETIMEDOUT);
     }

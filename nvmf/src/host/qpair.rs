@@ -969,7 +969,7 @@ impl Qpair {
                     inv.ipo
                 ));
             }
-            return Err(HostError::Status {
+            return Err(HostError::Refused {
                 what,
                 status: cqe.status,
             });

@@ -1,0 +1,218 @@
+//! The initiator when the target goes away. SIGKILLed and restarted on the same port with the
+//! same config (a file-backed namespace, so its data survives) while bdevperf writes through
+//! the initiator: the I/O waits, resumes on the new connection, and every block reads back.
+//! Not back within `ctrlr_loss_timeout_sec`: waiting I/O fails with EIO (after
+//! `fast_io_fail_timeout_sec`), the controller and its bdev are deleted, with clear logs.
+//! `ctrlr_loss_timeout_sec` 0 (the default): deleted at the first failure.
+
+mod common;
+
+use common::host::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+#[test]
+fn target_restart_loses_nothing() {
+    const BLOCKS: u64 = 32768; // 128 MiB of 4 KiB blocks
+    let data = tests::tempdir();
+    let file = data.path().join("ns.img");
+    let mut e = Export::start(
+        vec![uring_on_file("Uring0", &file, BLOCKS * 4096, 4096)],
+        "Uring0",
+    );
+    let dir = tests::tempdir();
+    let cfg = e.client_config(
+        "Nvme0",
+        json!({"ctrlr_loss_timeout_sec": 60, "reconnect_delay_sec": 1}),
+    );
+    let perf = Perf::spawn(
+        dir.path(),
+        "write",
+        &cfg,
+        &[
+            "-T",
+            "Nvme0n1",
+            "-q",
+            "32",
+            "-o",
+            "4k",
+            "-w",
+            "write",
+            "--pattern",
+            "21",
+        ],
+    );
+    // Kill it with writes in flight: well into the run, well before its end.
+    poll_until(LONG, "writes through the initiator", || {
+        perf.ops("Nvme0n1", "num_write_ops").filter(|&n| n >= 2000)
+    });
+    e.kill9();
+    let lost = Instant::now();
+    poll_until(
+        Duration::from_secs(20),
+        "the initiator to see the loss",
+        || perf.ctrlr_state("Nvme0").filter(|s| s != "enabled"),
+    );
+    let before = perf.ops("Nvme0n1", "num_write_ops").unwrap_or(0);
+    e.restart();
+    poll_until(
+        Duration::from_secs(30),
+        "the controller to come back",
+        || perf.ctrlr_state("Nvme0").filter(|s| s == "enabled"),
+    );
+    let back_in = lost.elapsed();
+    let r = perf.finish(LONG);
+    let j = r.ok();
+    assert_eq!(j["blocks_covered"], BLOCKS, "{j:#}");
+    assert!(
+        before < BLOCKS,
+        "the kill came after the run ended ({before})"
+    );
+    // Whichever queue sees the loss first says so.
+    assert!(
+        r.output.contains("connection lost") || r.output.contains("I/O qpair failed"),
+        "{}",
+        r.output
+    );
+    for line in [
+        "reconnecting (ctrlr_loss_timeout_sec 60, reconnect_delay_sec 1",
+        "I/O waiting for the controller to come back",
+        "reconnected to",
+    ] {
+        assert!(r.output.contains(line), "no {line:?} in:\n{}", r.output);
+    }
+    assert!(back_in < Duration::from_secs(30), "{back_in:?}");
+
+    // Everything bdevperf was told is written reads back, from a new process.
+    let c = Perf::run(
+        dir.path(),
+        "check",
+        &e.client_config("Nvme0", json!({})),
+        &[
+            "-T",
+            "Nvme0n1",
+            "-q",
+            "32",
+            "-o",
+            "64k",
+            "-w",
+            "check",
+            "--pattern",
+            "21",
+        ],
+    );
+    let cj = c.ok();
+    assert_eq!(
+        (cj["blocks_matching"].clone(), cj["blocks_foreign"].clone()),
+        (json!(BLOCKS), json!(0)),
+        "{cj:#}"
+    );
+}
+
+#[test]
+fn loss_timeout_fails_io_with_eio_and_removes_the_bdev() {
+    let mut e = Export::start(vec![malloc("Malloc0", 8192, 4096)], "Malloc0");
+    let dir = tests::tempdir();
+    let params = json!({"ctrlr_loss_timeout_sec": 4, "reconnect_delay_sec": 1,
+                        "fast_io_fail_timeout_sec": 2});
+    // A pcache_tgt to watch the controller's states, and bdevperf doing I/O, both attached.
+    let watch = Client::start(
+        dir.path(),
+        "watch",
+        &e.client_config("Nvme0", params.clone()),
+    );
+    let perf = Perf::spawn(
+        dir.path(),
+        "randwrite",
+        &e.client_config("Nvme0", params),
+        &[
+            "-T",
+            "Nvme0n1",
+            "-q",
+            "16",
+            "-o",
+            "4k",
+            "-w",
+            "randwrite",
+            "-t",
+            "60",
+            "-f",
+        ],
+    );
+    poll_until(LONG, "writes through the initiator", || {
+        perf.ops("Nvme0n1", "num_write_ops").filter(|&n| n >= 500)
+    });
+    e.kill9();
+    let lost = Instant::now();
+    let state = |c: &Client| c.call("bdev_nvme_get_controllers", json!({}));
+    poll_until(Duration::from_secs(10), "reconnect attempts", || {
+        let s = state(&watch);
+        let st = s[0]["ctrlrs"][0]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        (st == "resetting" || st == "reconnect_is_delayed").then_some(())
+    });
+    // The bdev goes after the loss timeout, not before.
+    poll_until(
+        Duration::from_secs(20),
+        "the controller to be deleted",
+        || (state(&watch) == json!([])).then_some(()),
+    );
+    let gone_after = lost.elapsed();
+    assert!(
+        gone_after >= Duration::from_millis(3500) && gone_after < Duration::from_secs(15),
+        "deleted after {gone_after:?}"
+    );
+    let (code, _) = watch.call_err("bdev_get_bdevs", json!({"name": "Nvme0n1"}));
+    assert_eq!(code, -libc::ENODEV as i64);
+    let wlog = watch.proc.text();
+    for line in [
+        "reconnecting (ctrlr_loss_timeout_sec 4, reconnect_delay_sec 1, fast_io_fail_timeout_sec 2)",
+        "giving up, deleting the controller and its bdevs (Nvme0n1); their I/O fails with EIO",
+    ] {
+        assert!(wlog.contains(line), "no {line:?} in:\n{wlog}");
+    }
+
+    // bdevperf: I/O failed (EIO after fast_io_fail_timeout_sec), then its bdev was removed.
+    let r = perf.finish(LONG);
+    let j = &r.json["results"][0];
+    assert!(
+        j["io_failed"].as_u64().is_some_and(|n| n > 0),
+        "no failed I/O:\n{}\n{:#}",
+        r.output,
+        r.json
+    );
+    assert!(
+        r.output
+            .contains("failing its I/O with EIO while reconnecting goes on"),
+        "{}",
+        r.output
+    );
+}
+
+#[test]
+fn loss_timeout_zero_deletes_at_the_first_failure() {
+    let mut e = Export::start(vec![malloc("Malloc0", 1024, 4096)], "Malloc0");
+    let dir = tests::tempdir();
+    let c = Client::start(dir.path(), "client", &e.client_config("Nvme0", json!({})));
+    assert_eq!(
+        c.call("bdev_get_bdevs", json!({"name": "Nvme0n1"}))[0]["num_blocks"],
+        1024
+    );
+    e.kill9();
+    poll_until(
+        Duration::from_secs(10),
+        "the controller to be deleted",
+        || (c.call("bdev_nvme_get_controllers", json!({})) == json!([])).then_some(()),
+    );
+    let (code, _) = c.call_err("bdev_get_bdevs", json!({"name": "Nvme0n1"}));
+    assert_eq!(code, -libc::ENODEV as i64);
+    assert!(
+        c.proc
+            .text()
+            .contains("ctrlr_loss_timeout_sec is 0: deleting"),
+        "{}",
+        c.proc.text()
+    );
+}
