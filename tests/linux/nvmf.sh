@@ -20,7 +20,7 @@
 #   PCACHE_NVMF_NO_BUILD=1   use target/release/pcache_tgt as it is
 #   PCACHE_NVMF_KEEP=1       keep the temp dir (config, logs) even on success
 #   PCACHE_NVMF_LOGFLAGS     extra pcache_tgt -L flags, space separated
-#   PCACHE_GUEST_TIMEOUT     guest time limit (300 s here)
+#   PCACHE_GUEST_TIMEOUT     guest time limit (240 s here)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -194,7 +194,7 @@ fi
 
 say "guest: guest/nvmf.sh (log $GLOG)"
 rc=0
-PCACHE_GUEST_TIMEOUT=${PCACHE_GUEST_TIMEOUT:-300} bash "$HERE/run-guest.sh" "$HERE/guest/nvmf.sh" "$GLOG" || rc=$?
+PCACHE_GUEST_TIMEOUT=${PCACHE_GUEST_TIMEOUT:-240} bash "$HERE/run-guest.sh" "$HERE/guest/nvmf.sh" "$GLOG" || rc=$?
 if [ "$REFERENCE" = 1 ]; then
     [ "$rc" = 0 ] || failed "guest exited $rc (reference mode)"
     RESULT=0
