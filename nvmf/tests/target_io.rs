@@ -106,3 +106,46 @@ fn nvm_commands_and_their_errors() {
     // The queue still serves.
     assert_eq!(h.io.read(1, 0, 1).0, Status::SUCCESS);
 }
+
+#[test]
+fn reads_end_with_c2h_success_when_sq_flow_control_is_off() {
+    let t = Tgt::start();
+    let mut admin = t.client();
+    admin.icreq(false, true);
+    let cntlid = admin.connect_admin(NQN, HOSTNQN, 0);
+    admin.enable();
+    let mut io = t.client();
+    io.cattr = 4;
+    io.icreq(false, true);
+    assert!(
+        io.try_connect(NQN, HOSTNQN, 1, cntlid, 31, 0)
+            .status
+            .is_success()
+    );
+    let data = pattern(7, 2, 4);
+    assert_eq!(io.write(1, 7, &data, false), Status::SUCCESS);
+    let cid = io.cid();
+    let mut rd = Sqe::new(op::READ, cid, 1);
+    rd.set_lba_range(7, 2).unwrap_or_default();
+    rd.dptr = Sgl::transport(2 * BS as u32);
+    io.send_cmd(&rd, &[]);
+    match io.recv() {
+        Got::C2H {
+            cid: c,
+            data: d,
+            last,
+            success,
+            digest_ok,
+            ..
+        } => {
+            assert_eq!(c, cid);
+            assert!(last && success && digest_ok);
+            assert_eq!(d, data);
+        }
+        other => panic!("expected C2HData with SUCCESS, got {other:?}"),
+    }
+    // No CapsuleResp follows: the next PDU answers the next command.
+    assert_eq!(io.read(1, 7, 2), (Status::SUCCESS, pattern(7, 2, 4)));
+    // A failed read still gets its CapsuleResp.
+    assert_eq!(io.read(1, BLOCKS, 1).0.sct, Status::LBA_OUT_OF_RANGE.sct);
+}

@@ -104,6 +104,68 @@ impl Tgt {
     }
 }
 
+/// A `pcache_tgt` started with exactly these flags (`tests::Target` always runs `-m 0x1`);
+/// killed when dropped.
+pub struct Proc {
+    child: std::process::Child,
+    pub sock: std::path::PathBuf,
+    pub log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proc {
+    pub fn start(args: &[&str]) -> Proc {
+        let dir = tests::tempdir();
+        let sock = dir.path().join("tgt.sock");
+        let log = dir.path().join("tgt.log");
+        let err = std::fs::File::create(&log).expect("log file");
+        let child = std::process::Command::new(tests::pcache_tgt())
+            .args(args)
+            .arg("-r")
+            .arg(&sock)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("cannot start pcache_tgt");
+        let p = Proc {
+            child,
+            sock,
+            log,
+            _dir: dir,
+        };
+        let start = Instant::now();
+        while !p.log_text().contains("pcache_tgt ready")
+            && !(args.contains(&"--wait-for-rpc")
+                && std::os::unix::net::UnixStream::connect(&p.sock).is_ok())
+        {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "pcache_tgt not ready:\n{}",
+                p.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        p
+    }
+
+    pub fn rpc(&self) -> RawClient {
+        RawClient::connect(&self.sock)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// What the client got.
 #[derive(Debug)]
 pub enum Got {
@@ -134,6 +196,9 @@ pub struct Client {
     cfg: StreamConfig,
     pub maxh2cdata: u32,
     next_cid: u16,
+    /// Connect's CATTR (bit 2: SQ flow control disabled, so successful reads may end with
+    /// C2HData SUCCESS and no CapsuleResp).
+    pub cattr: u8,
 }
 
 impl Client {
@@ -159,6 +224,7 @@ impl Client {
             cfg: StreamConfig::initial(Direction::ControllerToHost, 1 << 24),
             maxh2cdata: 0,
             next_cid: 1,
+            cattr: 0,
         }
     }
 
@@ -339,7 +405,7 @@ impl Client {
             recfmt: 0,
             qid,
             sqsize,
-            cattr: 0,
+            cattr: self.cattr,
             kato: kato_ms,
         };
         let cid = self.cid();
@@ -436,6 +502,55 @@ impl Client {
         sqe.dptr = Sgl::transport(blocks * BS as u32);
         let (c, d) = self.run(sqe, &[], false);
         (c.status, d)
+    }
+
+    /// Sends every command at once (writes' data through R2T, `out` per command) and collects
+    /// each one's completion and read data, in any order.
+    pub fn pipeline(&mut self, cmds: &[(Sqe, Vec<u8>)]) -> Vec<(Cqe, Vec<u8>)> {
+        let mut results: Vec<Option<(Cqe, Vec<u8>)>> = vec![None; cmds.len()];
+        let mut data: Vec<Vec<u8>> = vec![Vec::new(); cmds.len()];
+        let index = |cid: u16| cmds.iter().position(|(s, _)| s.cid == cid);
+        for (sqe, _) in cmds {
+            self.send_cmd(sqe, &[]);
+        }
+        let mut left = cmds.len();
+        while left > 0 {
+            match self.recv() {
+                Got::Resp(c) => {
+                    let i = index(c.cid).expect("completion of an unknown cid");
+                    assert!(results[i].is_none(), "two completions for cid {}", c.cid);
+                    results[i] = Some((c, std::mem::take(&mut data[i])));
+                    left -= 1;
+                }
+                Got::C2H {
+                    cid,
+                    datao,
+                    data: d,
+                    digest_ok,
+                    ..
+                } => {
+                    let i = index(cid).expect("data for an unknown cid");
+                    assert!(digest_ok);
+                    assert_eq!(datao as usize, data[i].len());
+                    data[i].extend_from_slice(&d);
+                }
+                Got::R2T(r) => {
+                    let i = index(r.cccid).expect("R2T for an unknown cid");
+                    let out = &cmds[i].1;
+                    let (a, b) = (r.r2to as usize, (r.r2to + r.r2tl) as usize);
+                    let h = Header::H2CData(H2CData {
+                        cccid: r.cccid,
+                        ttag: r.ttag,
+                        datao: r.r2to,
+                        datal: r.r2tl,
+                        last: true,
+                    });
+                    self.send_pdu(&h, &out[a..b]);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        results.into_iter().flatten().collect()
     }
 
     /// Whether the target closes the connection within `timeout` (PDUs before are dropped).
