@@ -136,10 +136,12 @@ impl Proc {
             _dir: dir,
         };
         let start = Instant::now();
-        while !p.log_text().contains("pcache_tgt ready")
-            && !(args.contains(&"--wait-for-rpc")
-                && std::os::unix::net::UnixStream::connect(&p.sock).is_ok())
-        {
+        let wait = args.contains(&"--wait-for-rpc");
+        let ready = |p: &Proc| {
+            p.log_text().contains("pcache_tgt ready")
+                || (wait && std::os::unix::net::UnixStream::connect(&p.sock).is_ok())
+        };
+        while !ready(&p) {
             assert!(
                 start.elapsed() < DEADLINE,
                 "pcache_tgt not ready:\n{}",
