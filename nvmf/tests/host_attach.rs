@@ -241,3 +241,49 @@ fn attach_failures_say_what_failed() {
     assert_eq!(code, -libc::EPERM as i64, "{msg}");
     assert!(c.proc.text().contains("cannot attach"), "{}", c.proc.text());
 }
+
+#[test]
+fn namespaces_added_and_removed_on_the_target_follow_by_aen() {
+    let e = Export::start(
+        vec![malloc("Malloc0", 2048, 512), malloc("Malloc1", 4096, 4096)],
+        "Malloc0",
+    );
+    let dir = tests::tempdir();
+    let c = Client::start(dir.path(), "client", &e.client_config("Nvme0", json!({})));
+    assert_eq!(bdev(&c, "Nvme0n1")["num_blocks"], 2048);
+
+    // A namespace added on the target: the notice, the changed-namespace log, a rescan.
+    e.call(
+        "nvmf_subsystem_add_ns",
+        json!({"nqn": SUBNQN, "namespace": {"bdev_name": "Malloc1", "nsid": 2}}),
+    );
+    let b = poll_until(Duration::from_secs(10), "Nvme0n2 to appear", || {
+        let a = c
+            .rpc()
+            .call("bdev_get_bdevs", Some(json!({"name": "Nvme0n2"})));
+        a.get("result").map(|r| r[0].clone())
+    });
+    assert_eq!(
+        (b["num_blocks"].clone(), b["block_size"].clone()),
+        (json!(4096), json!(4096))
+    );
+
+    // And removed: its bdev goes, the other stays.
+    e.call(
+        "nvmf_subsystem_remove_ns",
+        json!({"nqn": SUBNQN, "nsid": 2}),
+    );
+    poll_until(Duration::from_secs(10), "Nvme0n2 to go", || {
+        let a = c
+            .rpc()
+            .call("bdev_get_bdevs", Some(json!({"name": "Nvme0n2"})));
+        a.get("error").map(|_| ())
+    });
+    assert_eq!(bdev(&c, "Nvme0n1")["num_blocks"], 2048);
+    let log = c.proc.text();
+    assert!(log.contains("new namespace 2: Nvme0n2"), "{log}");
+    assert!(
+        log.contains("namespace 2 is gone; removing Nvme0n2"),
+        "{log}"
+    );
+}

@@ -102,3 +102,38 @@ fn every_io_type() {
         );
     }
 }
+
+#[test]
+fn each_thread_gets_its_own_io_qpair() {
+    let e = export();
+    let dir = tests::tempdir();
+    let cfg = e.client_config("Nvme0", json!({}));
+    // Two reactors, each driving its slice of the bdev: two I/O qpairs and the admin queue.
+    let perf = Perf::spawn_on(
+        dir.path(),
+        "two-threads",
+        &cfg,
+        "0x3",
+        &[
+            "-T", "Nvme0n1", "-C", "-q", "16", "-o", "4k", "-w", "verify", "-t", "3",
+        ],
+    );
+    let qids = poll_until(LONG, "two I/O qpairs at the target", || {
+        let q = e.call(
+            "nvmf_subsystem_get_qpairs",
+            json!({"nqn": common::host::SUBNQN}),
+        );
+        let mut ids: Vec<u64> = q
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x["qid"].as_u64()).collect())
+            .unwrap_or_default();
+        ids.sort_unstable();
+        (ids.len() == 3).then_some(ids)
+    });
+    assert_eq!(qids, vec![0, 1, 2]);
+    let r = perf.finish(LONG);
+    for j in r.json["results"].as_array().cloned().unwrap_or_default() {
+        assert_eq!(j["io_failed"], 0, "{j:#}\n{}", r.output);
+    }
+    assert!(r.status.success(), "{}", r.output);
+}

@@ -216,3 +216,52 @@ fn loss_timeout_zero_deletes_at_the_first_failure() {
         c.proc.text()
     );
 }
+
+#[test]
+fn keep_alive_holds_an_idle_controller_and_notices_a_silent_target() {
+    // KATO 1 s on both sides: Keep Alive every 500 ms.
+    let e = Export::start_with(
+        vec![malloc("Malloc0", 1024, 4096)],
+        "Malloc0",
+        json!({"trtype": "TCP", "min_kato": 1000}),
+    );
+    let dir = tests::tempdir();
+    let mut cfg = e.client_config(
+        "Nvme0",
+        json!({"ctrlr_loss_timeout_sec": -1, "reconnect_delay_sec": 1}),
+    );
+    if let Some(list) = cfg["subsystems"][0]["config"].as_array_mut() {
+        list.insert(
+            0,
+            json!({"method": "bdev_nvme_set_options", "params": {"keep_alive_timeout_ms": 1000}}),
+        );
+    }
+    let c = Client::start(dir.path(), "client", &cfg);
+    // Idle for three KATOs: the target keeps the controller (keep alives arrive).
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        let n = e
+            .call("nvmf_subsystem_get_controllers", json!({"nqn": SUBNQN}))
+            .as_array()
+            .map_or(0, Vec::len);
+        assert_eq!(n, 1, "the target dropped the idle controller:\n{}", e.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The target stops answering with its connections open: our keep alive times out.
+    e.signal(libc::SIGSTOP);
+    let mut proc_log = String::new();
+    poll_until(Duration::from_secs(10), "the keep alive timeout", || {
+        proc_log = c.proc.text();
+        proc_log.contains("keep alive timeout").then_some(())
+    });
+    e.signal(libc::SIGCONT);
+    poll_until(Duration::from_secs(30), "the reconnect", || {
+        let s = c.call("bdev_nvme_get_controllers", json!({}));
+        (s[0]["ctrlrs"][0]["state"] == "enabled" && c.proc.text().contains("reconnected to"))
+            .then_some(())
+    });
+    assert_eq!(
+        c.call("bdev_get_bdevs", json!({"name": "Nvme0n1"}))[0]["num_blocks"],
+        1024
+    );
+}

@@ -1182,6 +1182,8 @@ impl Ctrlr {
             r => entries.min(u16::try_from(r).unwrap_or(u16::MAX)).max(1),
         };
         let mut params = self.admin_params();
+        // hostsvcid is the admin queue's port; I/O queues bind the address alone.
+        params.src = params.src.map(|a| SocketAddr::new(a.ip(), 0));
         params.entries = entries;
         params.slots = slots;
         params.kato_ms = 0;

@@ -143,18 +143,24 @@ impl BdevModule for NvmeModule {
     }
 
     /// bdev_nvme_set_options, bdev_nvme_set_hotplug, then one bdev_nvme_attach_controller per
-    /// controller (SPDK's order), so a restart with the saved config attaches again.
+    /// controller (SPDK's order), so a restart with the saved config attaches again. SPDK
+    /// writes the two settings always; here only when a controller exists or the options
+    /// changed, so a target that never used the initiator saves nothing of it.
     fn config_json(&self) -> Vec<Value> {
+        let ctrlrs: Vec<Value> = controller::all()
+            .iter()
+            .filter(|c| !matches!(c.state(), State::Attaching | State::Deleting))
+            .map(|c| c.spec.to_config_json())
+            .collect();
+        let opts = options::get();
+        if ctrlrs.is_empty() && opts == options::NvmeOptions::default() {
+            return Vec::new();
+        }
         let mut out = vec![
-            json!({"method": "bdev_nvme_set_options", "params": options::get().to_json()}),
+            json!({"method": "bdev_nvme_set_options", "params": opts.to_json()}),
             json!({"method": "bdev_nvme_set_hotplug", "params": {"period_us": 100000, "enable": false}}),
         ];
-        for c in controller::all() {
-            if matches!(c.state(), State::Attaching | State::Deleting) {
-                continue;
-            }
-            out.push(c.spec.to_config_json());
-        }
+        out.extend(ctrlrs);
         out
     }
 }

@@ -232,6 +232,24 @@ impl Export {
         self.dir.path().join(format!("tgt{}.sock", self.starts))
     }
 
+    /// The result of `method` on the target, or panics with the error.
+    pub fn call(&self, method: &str, params: Value) -> Value {
+        let a = RawClient::connect(&self.sock()).call(method, Some(params.clone()));
+        assert!(
+            a.get("error").is_none(),
+            "target {method} {params} failed: {a}\n{}",
+            self.log()
+        );
+        a["result"].clone()
+    }
+
+    /// SIGSTOP / SIGCONT: the target stops answering with its sockets open, and resumes.
+    pub fn signal(&self, sig: libc::c_int) {
+        if let Some(p) = &self.proc {
+            p.signal(sig);
+        }
+    }
+
     /// `bdev_nvme_attach_controller` parameters for this target, with `extra` members.
     pub fn attach_params(&self, name: &str, extra: Value) -> Value {
         let mut p = json!({"name": name, "trtype": "tcp", "adrfam": "ipv4",
@@ -357,6 +375,11 @@ pub struct Perf {
 
 impl Perf {
     pub fn spawn(dir: &Path, name: &str, cfg: &Value, args: &[&str]) -> Perf {
+        Self::spawn_on(dir, name, cfg, "0x2", args)
+    }
+
+    /// On the reactors of `mask`.
+    pub fn spawn_on(dir: &Path, name: &str, cfg: &Value, mask: &str, args: &[&str]) -> Perf {
         let path = dir.join(format!("{name}.json"));
         write_json(&path, cfg);
         let json_path = dir.join(format!("{name}.result.json"));
@@ -365,7 +388,7 @@ impl Perf {
             "-c",
             path.to_str().unwrap_or_default(),
             "-m",
-            "0x2",
+            mask,
             "--idle-backoff",
             "-r",
             sock.to_str().unwrap_or_default(),
