@@ -383,7 +383,13 @@ impl Qpair {
             return Err(io);
         };
         let framing = self.framing;
-        let icd = cmd.xfer == Xfer::HostToController && cmd.len > 0 && cmd.len <= self.p.max_icd;
+        // The admin queue and Fabrics commands always take 8 KiB in the capsule.
+        let max_icd = if self.p.qid == 0 || cmd.sqe.is_fabrics() {
+            ADMIN_ICD.max(self.p.max_icd)
+        } else {
+            self.p.max_icd
+        };
+        let icd = cmd.xfer == Xfer::HostToController && cmd.len > 0 && cmd.len <= max_icd;
         let Some(slot) = self.slots.get_mut(usize::from(cid)) else {
             return Err(io);
         };
@@ -1078,5 +1084,425 @@ impl Drop for Qpair {
             );
         }
         self.sock.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The qpair against a scripted controller on a loopback socket: the ICResp checks Linux
+    //! makes, the Connect answers, and the data paths (C2HData in pieces, R2T / H2CData).
+
+    use super::*;
+    use crate::wire::command::{CQE_LEN, admin};
+    use crate::wire::pdu::{C2HData, CapsuleResp, IcResp, R2T};
+    use crate::wire::stream::Pdu;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
+
+    const NQN: &str = "nqn.2016-06.io.spdk:cnode1";
+    const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:0c2f7b4e-4a61-4f0e-9d6f-1b2c3d4e5f60";
+
+    fn params(addr: SocketAddr, digests: bool) -> QpairParams {
+        let hz = poller::time::ticks_hz();
+        QpairParams {
+            addr,
+            src: None,
+            qid: 0,
+            entries: 32,
+            slots: 4,
+            kato_ms: 10_000,
+            cattr: 0,
+            hostnqn: Nqn::new(HOST).unwrap(),
+            subnqn: Nqn::new(NQN).unwrap(),
+            hostid: [7; 16],
+            cntlid: 0,
+            hdgst: digests,
+            ddgst: digests,
+            max_icd: 0,
+            max_transfer: 4096,
+            tcp_timeout: 5 * hz,
+            ic_timeout: 5 * hz,
+            connect_timeout: 5 * hz,
+        }
+    }
+
+    /// The controller side: reads whole PDUs off the socket.
+    struct Ctrl {
+        s: TcpStream,
+        buf: Vec<u8>,
+        framing: Framing,
+    }
+
+    impl Ctrl {
+        fn accept(l: &TcpListener) -> Ctrl {
+            let (s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            Ctrl {
+                s,
+                buf: Vec::new(),
+                framing: Framing::NONE,
+            }
+        }
+
+        /// The next PDU (its header and data), as the target's parser sees it.
+        fn recv(&mut self, before_ic: bool) -> (Header, Vec<u8>) {
+            let cfg = StreamConfig {
+                hdgst: self.framing.hdgst,
+                ddgst: self.framing.ddgst,
+                max_data: 1 << 20,
+                pda: 0,
+                expect: Direction::HostToController,
+                before_icreq: before_ic,
+            };
+            loop {
+                if let Some((pdu, n)) = stream::parse(&self.buf, &cfg).unwrap() {
+                    let (h, data) = match pdu {
+                        Pdu::CapsuleCmd { cmd, data } => (Header::CapsuleCmd(cmd), data.unwrap()),
+                        Pdu::H2CData { hdr, data } => (Header::H2CData(hdr), data.unwrap()),
+                        other => (other.header(), &[][..]),
+                    };
+                    let data = data.to_vec();
+                    self.buf.drain(..n);
+                    return (h, data);
+                }
+                let mut chunk = [0u8; 65536];
+                let n = self.s.read(&mut chunk).unwrap();
+                assert!(n > 0, "host closed");
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+
+        fn send(&mut self, h: &Header, data: &[u8]) {
+            let mut b = vec![0u8; 256 + data.len()];
+            let n = encode_pdu(&mut b, h, &self.framing, data).unwrap();
+            self.s.write_all(&b[..n]).unwrap();
+        }
+
+        fn icresp(&mut self, r: IcResp) {
+            let (h, _) = self.recv(true);
+            let Header::IcReq(q) = h else {
+                panic!("expected ICReq, got {h:?}")
+            };
+            assert_eq!((q.pfv, q.hpda, q.maxr2t), (0, 0, 0));
+            let mut b = [0u8; IC_LEN];
+            encode_pdu(&mut b, &Header::IcResp(r), &Framing::NONE, &[]).unwrap();
+            self.s.write_all(&b).unwrap();
+            self.framing = Framing {
+                hdgst: r.hdgst,
+                ddgst: r.ddgst,
+                pda: 0,
+            };
+        }
+
+        fn cmd(&mut self) -> (Sqe, Vec<u8>) {
+            let (h, data) = self.recv(false);
+            let Header::CapsuleCmd(c) = h else {
+                panic!("expected a command, got {h:?}")
+            };
+            (Sqe::decode(&c.sqe).unwrap(), data)
+        }
+
+        fn resp(&mut self, cid: u16, status: Status, dw0: u32) {
+            let mut cqe = Cqe::new(cid, status);
+            cqe.dw0 = dw0;
+            let mut b = [0u8; CQE_LEN];
+            cqe.encode(&mut b);
+            self.send(&Header::CapsuleResp(CapsuleResp { cqe: b }), &[]);
+        }
+    }
+
+    fn ok_icresp(digests: bool) -> IcResp {
+        IcResp {
+            pfv: 0,
+            cpda: 0,
+            hdgst: digests,
+            ddgst: digests,
+            maxh2cdata: 4096,
+        }
+    }
+
+    /// Polls until `done` says so or the qpair fails; the error, if it failed.
+    fn drive(qp: &mut Qpair, mut done: impl FnMut(&mut Qpair) -> bool) -> Option<HostError> {
+        let start = Instant::now();
+        loop {
+            if let Err(e) = qp.poll(poller::time::ticks()) {
+                return Some(e);
+            }
+            if done(qp) {
+                return None;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "qpair stuck");
+            std::thread::yield_now();
+        }
+    }
+
+    /// A handshake where the controller answers `r` (and, if it gets that far, `connect`).
+    fn handshake(
+        r: IcResp,
+        connect: Option<(Status, u32)>,
+        digests: bool,
+    ) -> Result<u16, HostError> {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let ctrl = std::thread::spawn(move || {
+            let mut c = Ctrl::accept(&l);
+            c.icresp(r);
+            if let Some((status, dw0)) = connect {
+                let (sqe, data) = c.cmd();
+                assert!(sqe.is_fabrics());
+                let cd = ConnectData::decode(&data).unwrap();
+                assert_eq!(cd.cntlid, CNTLID_DYNAMIC);
+                assert_eq!(cd.subnqn, NQN);
+                assert_eq!(cd.hostnqn, HOST);
+                let cc = ConnectCommand::from_sqe(&sqe).unwrap();
+                assert_eq!((cc.qid, cc.sqsize, cc.kato), (0, 31, 10_000));
+                c.resp(sqe.cid, status, dw0);
+            }
+            // Hold the connection until the host is done with it.
+            let mut rest = [0u8; 64];
+            let _ = c.s.read(&mut rest);
+        });
+        let mut qp = Qpair::connect(params(addr, digests), poller::time::ticks())?;
+        let mut cntlid = None;
+        let err = drive(&mut qp, |q| {
+            cntlid = cntlid.or(q.report_connected.then_some(q.cntlid));
+            q.is_ready()
+        });
+        qp.shutdown();
+        let _ = ctrl.join();
+        match err {
+            Some(e) => Err(e),
+            None => Ok(qp.cntlid()),
+        }
+    }
+
+    #[test]
+    fn icresp_checks_as_linux_makes_them() {
+        let mut r = ok_icresp(true);
+        r.ddgst = false;
+        let e = handshake(r, None, true).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("data digest not what the host asked for"),
+            "{e}"
+        );
+        let mut r = ok_icresp(false);
+        r.hdgst = true;
+        let e = handshake(r, None, false).unwrap_err();
+        assert!(e.to_string().contains("header digest"), "{e}");
+        let mut r = ok_icresp(false);
+        r.cpda = 1;
+        let e = handshake(r, None, false).unwrap_err();
+        assert!(e.to_string().contains("cpda"), "{e}");
+        let mut r = ok_icresp(false);
+        r.maxh2cdata = 2048;
+        let e = handshake(r, None, false).unwrap_err();
+        assert!(e.to_string().contains("MAXH2CDATA"), "{e}");
+        assert_eq!(e.errno(), libc::EPROTO);
+    }
+
+    #[test]
+    fn connect_answers() {
+        assert_eq!(
+            handshake(ok_icresp(false), Some((Status::SUCCESS, 5)), false).unwrap(),
+            5
+        );
+        assert_eq!(
+            handshake(ok_icresp(true), Some((Status::SUCCESS, 6)), true).unwrap(),
+            6
+        );
+        let e = handshake(
+            ok_icresp(false),
+            Some((
+                Status::CONNECT_INVALID_PARAMETERS,
+                ConnectInvalid::data(256).to_dw0(),
+            )),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(e.errno(), libc::EINVAL);
+        assert!(
+            e.to_string().contains("(invalid data byte 256) refused"),
+            "{e}"
+        );
+        let e = handshake(
+            ok_icresp(false),
+            Some((Status::CONNECT_INVALID_HOST, 0)),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(e.errno(), libc::EACCES);
+        // Authentication asked for: not supported.
+        let e = handshake(
+            ok_icresp(false),
+            Some((Status::SUCCESS, 1 | (1 << 17))),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(e.errno(), libc::ENOTSUP);
+    }
+
+    /// A ready qpair and its controller side.
+    fn ready(digests: bool) -> (Qpair, Ctrl) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        // An I/O queue without in-capsule data: writes go through R2T.
+        let mut p = params(addr, digests);
+        p.qid = 1;
+        p.cntlid = 1;
+        let mut qp = Qpair::connect(p, poller::time::ticks()).unwrap();
+        let mut c = None;
+        let err = drive(&mut qp, |q| {
+            if c.is_none() && q.phase() == Phase::IcResp {
+                let mut ctrl = Ctrl::accept(&l);
+                // The ICReq is out once the qpair flushed it.
+                let _ = q.flush();
+                ctrl.icresp(ok_icresp(digests));
+                c = Some(ctrl);
+            }
+            if q.phase() == Phase::Connect
+                && let Some(ctrl) = c.as_mut()
+                && ctrl.buf.is_empty()
+            {
+                let _ = q.flush();
+                let (sqe, _) = ctrl.cmd();
+                ctrl.resp(sqe.cid, Status::SUCCESS, 1);
+                ctrl.buf.push(0xAA); // only once
+            }
+            q.is_ready()
+        });
+        assert!(err.is_none(), "{err:?}");
+        let mut c = c.unwrap();
+        c.buf.clear();
+        (qp, c)
+    }
+
+    fn own_read(qp: &mut Qpair) -> u16 {
+        let sqe = Sqe::new(admin::IDENTIFY, 0, 0);
+        let cmd = Command {
+            sqe,
+            xfer: Xfer::ControllerToHost,
+            len: OWN_LEN,
+            src: Src::Own,
+        };
+        let cid = qp.submit(cmd, None, |_| {}).ok().unwrap();
+        qp.flush().unwrap();
+        cid
+    }
+
+    #[test]
+    fn reads_in_pieces_and_writes_through_r2t_with_digests() {
+        for digests in [false, true] {
+            let (mut qp, mut c) = ready(digests);
+            let cid = own_read(&mut qp);
+            let (sqe, _) = c.cmd();
+            assert_eq!(sqe.cid, cid);
+            assert!(sqe.dptr.is_transport());
+            let page: Vec<u8> = (0..OWN_LEN).map(|i| (i % 251) as u8).collect();
+            for (off, len, last) in [(0usize, 1000usize, false), (1000, OWN_LEN - 1000, true)] {
+                let h = Header::C2HData(C2HData {
+                    cccid: cid,
+                    datao: off as u32,
+                    datal: len as u32,
+                    last,
+                    success: false,
+                });
+                c.send(&h, &page[off..off + len]);
+            }
+            c.resp(cid, Status::SUCCESS, 0);
+            let mut got = None;
+            let err = drive(&mut qp, |q| {
+                got = got
+                    .take()
+                    .or_else(|| q.pop_completion(|c, own| (c.cqe, own.to_vec())));
+                got.is_some()
+            });
+            assert!(err.is_none(), "{err:?}");
+            let (cqe, data) = got.unwrap();
+            assert_eq!(cqe.status, Status::SUCCESS);
+            assert_eq!(data, page);
+
+            // A write the capsule cannot carry (max_icd 0): R2T, then one H2CData.
+            let cmd = Command {
+                sqe: Sqe::new(admin::SET_FEATURES, 0, 0),
+                xfer: Xfer::HostToController,
+                len: OWN_LEN,
+                src: Src::Own,
+            };
+            let cid = qp
+                .submit(cmd, None, |b| b.copy_from_slice(&page))
+                .ok()
+                .unwrap();
+            qp.flush().unwrap();
+            let (sqe, data) = c.cmd();
+            assert!(data.is_empty() && sqe.dptr.is_transport() && sqe.dptr.length == 4096);
+            assert_eq!(sqe.opcode, admin::SET_FEATURES);
+            c.send(
+                &Header::R2T(R2T {
+                    cccid: cid,
+                    ttag: 9,
+                    r2to: 0,
+                    r2tl: OWN_LEN as u32,
+                }),
+                &[],
+            );
+            let start = Instant::now();
+            let (h, data) = loop {
+                let _ = qp.poll(poller::time::ticks());
+                c.s.set_nonblocking(true).unwrap();
+                let mut chunk = [0u8; 8192];
+                match c.s.read(&mut chunk) {
+                    Ok(n) if n > 0 => c.buf.extend_from_slice(&chunk[..n]),
+                    _ => {}
+                }
+                c.s.set_nonblocking(false).unwrap();
+                let cfg = StreamConfig {
+                    hdgst: digests,
+                    ddgst: digests,
+                    max_data: 1 << 20,
+                    pda: 0,
+                    expect: Direction::HostToController,
+                    before_icreq: false,
+                };
+                if let Some((Pdu::H2CData { hdr, data }, n)) = stream::parse(&c.buf, &cfg).unwrap()
+                {
+                    let out = (hdr, data.unwrap().to_vec());
+                    c.buf.drain(..n);
+                    break out;
+                }
+                assert!(start.elapsed() < Duration::from_secs(10));
+            };
+            assert_eq!(
+                (h.cccid, h.ttag, h.datao, h.datal, h.last),
+                (cid, 9, 0, 4096, true)
+            );
+            assert_eq!(data, page);
+            c.resp(cid, Status::SUCCESS, 0);
+            let mut done = None;
+            drive(&mut qp, |q| {
+                done = done
+                    .take()
+                    .or_else(|| q.pop_completion(|c, _| c.cqe.status));
+                done.is_some()
+            });
+            assert_eq!(done, Some(Status::SUCCESS));
+            assert_eq!(qp.outstanding(), 0);
+
+            // Protocol errors kill the qpair: data for a command not in flight.
+            c.send(
+                &Header::C2HData(C2HData {
+                    cccid: 3,
+                    datao: 0,
+                    datal: 4,
+                    last: true,
+                    success: true,
+                }),
+                &[1, 2, 3, 4],
+            );
+            let e = drive(&mut qp, |_| false).unwrap();
+            assert!(e.to_string().contains("not a read in flight"), "{e}");
+            assert_eq!(qp.phase(), Phase::Dead);
+        }
     }
 }
