@@ -459,7 +459,11 @@ impl Connection {
         loop {
             match (&self.sock).read(&mut scratch) {
                 Ok(0) => {
-                    if let Life::Closing { linger_until, .. } = &mut self.life {
+                    if let Life::Closing {
+                        flush: false,
+                        linger_until,
+                    } = &mut self.life
+                    {
                         *linger_until = 0;
                     }
                     return;
@@ -468,7 +472,11 @@ impl Connection {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(_) => {
-                    if let Life::Closing { linger_until, .. } = &mut self.life {
+                    if let Life::Closing {
+                        flush: false,
+                        linger_until,
+                    } = &mut self.life
+                    {
                         *linger_until = 0;
                     }
                     return;
@@ -1154,11 +1162,21 @@ impl Connection {
             );
             self.begin_close(sh, false, "no Connect");
         }
-        if let Life::Closing { linger_until, .. } = &mut self.life
-            && *linger_until != 0
-            && now > *linger_until
+        if let Life::Closing {
+            flush,
+            linger_until,
+        } = self.life
+            && linger_until != 0
+            && now > linger_until
         {
-            *linger_until = 0;
+            if flush {
+                // The host does not read what is queued: give up on it.
+                self.begin_close(sh, false, "the host stopped reading");
+            }
+            self.life = Life::Closing {
+                flush: false,
+                linger_until: 0,
+            };
         }
     }
 
@@ -1712,9 +1730,15 @@ impl Connection {
             self.peer.trsvcid,
             self.qid
         );
+        // A TermReq (or a Disconnect's answer) gets LINGER_MS to go out.
+        let linger_until = if flush {
+            poller::time::ticks() + ticks_ms(LINGER_MS)
+        } else {
+            0
+        };
         self.life = Life::Closing {
             flush,
-            linger_until: 0,
+            linger_until,
         };
         match &self.qpair {
             Qpair::Admin { shared, .. } => teardown_controller(shared),
