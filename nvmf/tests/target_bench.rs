@@ -5,7 +5,8 @@
 //!
 //! Environment: `BENCH_SECS` (default 5), `BENCH_QD` (32), `BENCH_C2H_SUCCESS` (1: Connect
 //! with SQ flow control disabled so reads complete with C2HData SUCCESS and no CapsuleResp),
-//! `BENCH_CORE` (1), `BENCH_WRITE` (1: random writes in-capsule instead).
+//! `BENCH_CORE` (1), `BENCH_WRITE` (1: random writes in-capsule instead), `BENCH_PORT` (a
+//! target already listening there with `NQN` exported, queue depth ≥ 256).
 
 mod common;
 
@@ -15,16 +16,6 @@ use nvmf::wire::fabrics::{ConnectCommand, ConnectData, Nqn};
 use nvmf::wire::pdu::{CapsuleCmd, Framing, Header, encode_pdu};
 use std::io::{ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
-
-/// Kills the benchmark's target when the test ends.
-struct Kill<'a>(&'a mut std::process::Child);
-
-impl Drop for Kill<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -50,33 +41,23 @@ fn randread_4k() {
     let qd = env("BENCH_QD", 32) as usize;
     let c2h_success = env("BENCH_C2H_SUCCESS", 1) == 1;
     let write = env("BENCH_WRITE", 0) == 1;
-    // A busy-polling target (no idle back-off), as in production.
-    let dir = tests::tempdir();
-    let sock_path = dir.path().join("bench.sock");
-    let log = std::fs::File::create(dir.path().join("bench.log")).expect("log");
-    let mut child = std::process::Command::new(tests::pcache_tgt())
-        .args(["-m", "0x1", "-r"])
-        .arg(&sock_path)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("pcache_tgt");
-    let started = Instant::now();
-    let stream = loop {
-        if let Ok(s) = std::os::unix::net::UnixStream::connect(&sock_path) {
-            break s;
-        }
-        assert!(started.elapsed() < DEADLINE, "pcache_tgt did not start");
-        std::thread::sleep(Duration::from_millis(10));
+    // A busy-polling target (no idle back-off), as in production; or, with BENCH_PORT, one
+    // already serving `NQN` there (under a profiler, say).
+    let port = env("BENCH_PORT", 0) as u16;
+    let (_proc, t) = if port != 0 {
+        let rpc =
+            tests::RawClient::from_stream(std::os::unix::net::UnixStream::pair().expect("pair").0);
+        (None, Tgt { t: None, port, rpc })
+    } else {
+        let p = Proc::start(&["-m", "0x1"]);
+        let t = Tgt::setup(
+            None,
+            p.rpc(),
+            serde_json::json!({"trtype": "TCP", "max_queue_depth": 256}),
+            true,
+        );
+        (Some(p), t)
     };
-    let guard = Kill(&mut child);
-    let t = Tgt::setup(
-        None,
-        tests::RawClient::from_stream(stream),
-        serde_json::json!({"trtype": "TCP", "max_queue_depth": 256}),
-        true,
-    );
     pin(env("BENCH_CORE", 1) as usize);
     let mut admin = t.client();
     admin.icreq(false, false);
@@ -223,5 +204,4 @@ fn randread_4k() {
         if write { "randwrite" } else { "randread" },
         done as f64 / el
     );
-    drop(guard);
 }
