@@ -214,3 +214,48 @@ fn keep_alive_timeout_tears_the_controller_down() {
     let mut h = t.host(false, false);
     assert_eq!(h.io.read(1, 0, 1).0, Status::SUCCESS);
 }
+
+#[test]
+fn deleting_the_subsystem_or_removing_the_host_disconnects() {
+    let mut t = Tgt::start_with(json!({"trtype": "TCP"}), false);
+    // Host removed: its controller and queues go; others could still connect.
+    let Host {
+        mut admin, mut io, ..
+    } = t.host(false, false);
+    rpc_ok(
+        &mut t.rpc,
+        "nvmf_subsystem_remove_host",
+        json!({"nqn": NQN, "host": HOSTNQN}),
+    );
+    assert!(
+        admin.closed_within(DEADLINE),
+        "admin queue survived host removal"
+    );
+    assert!(
+        io.closed_within(DEADLINE),
+        "I/O queue survived host removal"
+    );
+    let mut c = t.client();
+    c.icreq(false, false);
+    let r = c.try_connect(NQN, HOSTNQN, 0, 0xFFFF, 31, 0);
+    assert!(r.status.same_code(&Status::CONNECT_INVALID_HOST), "{r:?}");
+    rpc_ok(
+        &mut t.rpc,
+        "nvmf_subsystem_add_host",
+        json!({"nqn": NQN, "host": HOSTNQN}),
+    );
+
+    // Subsystem deleted with I/O going on: the queues close and the bdev is free to delete.
+    let Host {
+        admin: _a, mut io, ..
+    } = t.host(false, false);
+    assert_eq!(io.read(1, 0, 1).0, Status::SUCCESS);
+    rpc_ok(&mut t.rpc, "nvmf_delete_subsystem", json!({"nqn": NQN}));
+    assert!(
+        io.closed_within(DEADLINE),
+        "I/O queue survived its subsystem"
+    );
+    rpc_ok(&mut t.rpc, "bdev_malloc_delete", json!({"name": "Malloc0"}));
+    // Its listener went with it: nothing listens there any more.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", t.port)).is_err());
+}
