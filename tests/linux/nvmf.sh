@@ -4,7 +4,7 @@
 # (cargo build --release -p app), writes a config into a temp dir — a pcache
 # bdev (64 MiB emulated pmem cache over a 64 MiB uring file origin) exported
 # as a subsystem only this guest's host NQN may use (nvmf_subsystem_add_host),
-# a 32 MiB malloc bdev with 512-byte blocks in a second subsystem open to any
+# a 16 MiB malloc bdev with 512-byte blocks in a second subsystem open to any
 # host, both listening with the discovery subsystem on 127.0.0.1:<free port>
 # — starts the target, boots the QEMU guest with guest/nvmf.sh (see there for
 # what it checks), then checks that the target still serves RPC
@@ -122,7 +122,7 @@ export PCACHE_T_MALLOC_SN=$MA_SN PCACHE_T_MALLOC_MN=$MA_MN
 
 if [ "$REFERENCE" = 1 ]; then
     # The kernel's nvmet in the guest: file namespaces on tmpfs (4 KiB blocks), no MDTS.
-    export PCACHE_T_LOCAL=1 PCACHE_T_PCACHE_BYTES=$((64 * MiB)) PCACHE_T_MALLOC_BYTES=$((32 * MiB))
+    export PCACHE_T_LOCAL=1 PCACHE_T_PCACHE_BYTES=$((64 * MiB)) PCACHE_T_MALLOC_BYTES=$((16 * MiB))
     export PCACHE_T_PCACHE_BS=4096 PCACHE_T_MALLOC_BS=4096
 else
     truncate -s $((64 * MiB)) "$TMP/origin.img"
@@ -139,7 +139,7 @@ else
         { "method": "bdev_pcache_create",
           "params": { "name": "Pcache0", "cache_bdev": "Pmem0", "origin_bdev": "Origin0", "mode": "writeback", "data_crc": true } },
         { "method": "bdev_malloc_create",
-          "params": { "name": "Malloc0", "num_blocks": 65536, "block_size": 512 } }
+          "params": { "name": "Malloc0", "num_blocks": 32768, "block_size": 512 } }
       ]
     },
     {

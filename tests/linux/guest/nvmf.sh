@@ -306,10 +306,11 @@ data() {
     local label=$1 dev=$2 bytes=$3 bs=$4 n=${2##*/} off end
     step "$label: fio crc32c verify on $dev"
     fio_verify randwrite-4k "$dev" --rw=randwrite --bs=4k --iodepth=16 --size="$bytes"
-    fio_verify randrw-64k "$dev" --rw=randrw --bs=64k --iodepth=8 --size=16M --offset=$((bytes / 4))
+    local rr=$((bytes / 4 < 16 * MiB ? bytes / 4 : 16 * MiB)) qd=$((bytes / 8 < 4 * MiB ? bytes / 8 : 4 * MiB))
+    fio_verify randrw-64k "$dev" --rw=randrw --bs=64k --iodepth=8 --size=$rr --offset=$((bytes / 4))
     fio_verify write-1m "$dev" --rw=write --bs=1M --iodepth=4 --size=8M --offset=$((bytes / 2))
     # Full queues: 128 commands in flight on each of two I/O queues.
-    fio_verify qd256-4k "$dev" --rw=randwrite --bs=4k --iodepth=128 --numjobs=2 --group_reporting --size=4M --offset=$((bytes * 3 / 4)) --offset_increment=4M
+    fio_verify qd256-4k "$dev" --rw=randwrite --bs=4k --iodepth=128 --numjobs=2 --group_reporting --size=$qd --offset=$((bytes * 3 / 4)) --offset_increment=$qd
 
     step "$label: O_DIRECT patterns on $dev"
     pattern /tmp/$label.p1 $((256 << 10)); pattern /tmp/$label.p2 $((4 * MiB)); pattern /tmp/$label.p4 $MiB
