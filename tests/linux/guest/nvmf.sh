@@ -440,9 +440,11 @@ fi
 
 step "result"
 kmsg
-if grep -qiE 'nvme.*(error|timeout|reset|failed|I/O)' "$KLOG"; then
-    echo "kernel messages worth a look:"
-    grep -iE 'nvme.*(error|timeout|reset|failed|I/O)' "$KLOG" | tail -n 25 | sed 's/^/    /'
+if grep -qiE 'nvme.*(error|timeout|reset|failed|I/O|digest|recover)' "$KLOG"; then
+    # The first ones tell what happened; repeats of the same follow-ups are dropped.
+    echo "kernel messages worth a look (the first 30):"
+    grep -iE 'nvme.*(error|timeout|reset|failed|I/O|digest|recover)' "$KLOG" \
+        | grep -v -e 'no available path' -e 'no usable path' -e 'Failed reconnect attempt' -e 'creating [0-9]* I/O queues' | head -n 30 | sed 's/^/    /'
 fi
 left=$(ls /sys/class/nvme 2>/dev/null | tr '\n' ' ')
 [ -z "$left" ] || { echo "controllers left: $left"; nvme disconnect-all >/dev/null 2>&1; }
