@@ -37,6 +37,8 @@ pub const OWN_LEN: usize = 4096;
 pub const ADMIN_ICD: usize = 8192;
 /// The receive buffer: headers and data pass through it; any PDU size works.
 const RBUF_LEN: usize = 64 * 1024;
+/// C2HData still to come from this size up is read straight into the I/O buffers.
+const DIRECT_MIN: usize = 16 * 1024;
 /// Reads per poll, so one busy connection cannot hold its reactor.
 const READS_PER_POLL: usize = 4;
 /// Linux waits 10 s for an ICResp; so do we, and for a TCP connect without its own timeout.
@@ -683,6 +685,14 @@ impl Qpair {
                 self.rend -= self.rstart;
                 self.rstart = 0;
             }
+            match self.receive_direct()? {
+                Some(0) => break,
+                Some(_) => {
+                    any = true;
+                    continue;
+                }
+                None => {}
+            }
             let room = self.rbuf.len() - self.rend;
             let Some(n) = self.sock.recv(&mut self.rbuf[self.rend..])? else {
                 break;
@@ -707,46 +717,17 @@ impl Qpair {
                         return Ok(());
                     }
                 }
-                Rx::Data {
-                    cid,
-                    off,
-                    left,
-                    mut crc,
-                    digest,
-                    success,
-                } => {
+                Rx::Data { cid, off, left, .. } => {
                     let n = left.min(avail);
                     if n == 0 {
                         return Ok(());
                     }
                     let data = &self.rbuf[self.rstart..self.rstart + n];
-                    if digest {
-                        crc.update(data);
-                    }
                     if let Some(s) = self.slots.get_mut(usize::from(cid)) {
                         s.place(off, data);
-                        s.received += n;
                     }
                     self.rstart += n;
-                    if n < left {
-                        self.rx = Rx::Data {
-                            cid,
-                            off: off + n,
-                            left: left - n,
-                            crc,
-                            digest,
-                            success,
-                        };
-                    } else if digest {
-                        self.rx = Rx::Digest {
-                            cid,
-                            crc: crc.value(),
-                            success,
-                        };
-                    } else {
-                        self.rx = Rx::Header;
-                        self.data_done(cid, success);
-                    }
+                    self.data_in(n);
                 }
                 Rx::Digest { cid, crc, success } => {
                     let Some(d) = self.rbuf.get(self.rstart..self.rstart + DIGEST_LEN) else {
@@ -769,6 +750,111 @@ impl Qpair {
                 }
             }
         }
+    }
+
+    /// `n` bytes of the current C2HData's data are in place: count them, digest them, and
+    /// move past the data when it is all in.
+    fn data_in(&mut self, n: usize) {
+        let Rx::Data {
+            cid,
+            off,
+            left,
+            mut crc,
+            digest,
+            success,
+        } = self.rx
+        else {
+            return;
+        };
+        if let Some(s) = self.slots.get_mut(usize::from(cid)) {
+            if digest {
+                s.for_each_data(off, n, |d| crc.update(d));
+            }
+            s.received += n;
+        }
+        self.rx = if n < left {
+            Rx::Data {
+                cid,
+                off: off + n,
+                left: left - n,
+                crc,
+                digest,
+                success,
+            }
+        } else if digest {
+            Rx::Digest {
+                cid,
+                crc: crc.value(),
+                success,
+            }
+        } else {
+            self.data_done(cid, success);
+            Rx::Header
+        };
+    }
+
+    /// The segments `[off, off + len)` of a slot's data, for a read straight into them.
+    fn data_segments(
+        &mut self,
+        cid: u16,
+        off: usize,
+        len: usize,
+        iov: &mut [libc::iovec],
+    ) -> usize {
+        let mut cnt = 0;
+        let Some(s) = self.slots.get_mut(usize::from(cid)) else {
+            return 0;
+        };
+        let mut push = |p: *const u8, l: usize| {
+            if let Some(v) = iov.get_mut(cnt) {
+                *v = iovec(p, l);
+                cnt += 1;
+            }
+        };
+        match (s.src, &s.io) {
+            (Src::Iovs(base), Some(io)) => {
+                bdev::iov::for_each_range_mut(io.iovs(), base + off, len, |d| {
+                    push(d.as_mut_ptr(), d.len())
+                });
+            }
+            (Src::Own, _) => {
+                if let Some(d) = s.own.get_mut(off..off + len) {
+                    push(d.as_mut_ptr(), d.len());
+                }
+            }
+            _ => {}
+        }
+        cnt
+    }
+
+    /// While a large C2HData's data is still to come and the buffer is empty, reads it
+    /// straight into the I/O buffers (the next header, if it comes along, into the buffer).
+    fn receive_direct(&mut self) -> Result<Option<usize>, HostError> {
+        let Rx::Data { cid, off, left, .. } = self.rx else {
+            return Ok(None);
+        };
+        if left < DIRECT_MIN || self.rstart != self.rend {
+            return Ok(None);
+        }
+        let mut iov = [iovec(std::ptr::null(), 0); MAX_IOV];
+        let cnt = self.data_segments(cid, off, left, &mut iov[..MAX_IOV - 1]);
+        if cnt == 0 {
+            return Ok(None);
+        }
+        let direct: usize = iov[..cnt].iter().map(|v| v.iov_len).sum();
+        self.rstart = 0;
+        self.rend = 0;
+        iov[cnt] = iovec(self.rbuf.as_mut_ptr(), self.rbuf.len());
+        // The segments are the slot's I/O buffers (valid under the IoVec contract while the
+        // command is in flight) and our own receive buffer.
+        let Some(n) = self.sock.recv_vectored(&iov[..=cnt])? else {
+            return Ok(Some(0));
+        };
+        let into_data = n.min(direct);
+        self.rend = n - into_data;
+        self.data_in(into_data);
+        self.process()?;
+        Ok(Some(n))
     }
 
     /// The data of a C2HData is in: with SUCCESS, the command is complete.

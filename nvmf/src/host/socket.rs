@@ -146,6 +146,35 @@ impl Socket {
         }
     }
 
+    /// Reads what is there into the segments `iov`, in order; None when nothing is, an
+    /// error at EOF.
+    pub fn recv_vectored(&mut self, iov: &[libc::iovec]) -> Result<Option<usize>, HostError> {
+        // SAFETY: every segment is writable memory the caller keeps valid and unaliased for
+        // the call: its receive buffer, or I/O buffers whose IoVec contract hands them to this
+        // I/O until it completes. readv writes at most each segment's length.
+        let n = unsafe {
+            libc::readv(
+                self.stream.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len().min(MAX_IOV) as libc::c_int,
+            )
+        };
+        match n {
+            0 => Err(HostError::Io {
+                errno: libc::ECONNRESET,
+                msg: format!("{} closed the connection", self.peer),
+            }),
+            n if n > 0 => Ok(Some(n.unsigned_abs())),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    ErrorKind::WouldBlock | ErrorKind::Interrupted => Ok(None),
+                    _ => Err(HostError::io(&e, format!("receive from {}", self.peer))),
+                }
+            }
+        }
+    }
+
     /// Closes both directions at once (the target sees the connection end now).
     pub fn shutdown(&self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
