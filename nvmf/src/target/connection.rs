@@ -505,7 +505,7 @@ impl Connection {
 
     /// Handles the PDU header at `rstart`; false when more bytes are needed (or it failed).
     fn next_header(&mut self, sh: &mut GroupShared) -> bool {
-        let avail = &self.rbuf[self.rstart..self.rend];
+        let avail = self.rbuf.get(self.rstart..self.rend).unwrap_or_default();
         if avail.is_empty() {
             return false;
         }
@@ -711,7 +711,12 @@ impl Connection {
             }
         }
         if has_digest {
-            let Some(d) = self.rbuf.get(self.rstart..self.rstart + digest::DIGEST_LEN) else {
+            // Only bytes received count: the digest may still be on its way.
+            let Some(d) = self
+                .rbuf
+                .get(self.rstart..self.rend)
+                .and_then(|b| b.get(..digest::DIGEST_LEN))
+            else {
                 return false;
             };
             let received = u32::from_le_bytes([d[0], d[1], d[2], d[3]]);
