@@ -732,3 +732,17 @@ impl Group {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_words_round_trip() {
+        for (g, c, e, s) in [(0, 0, 0, 0), (3, 65535, 1, 127), (65535, 7, 65535, 65535)] {
+            assert_eq!(unword(word(g, c, e, s)), (g, c, e, s));
+        }
+        assert_eq!(token(5, 9) & 0xFFFF, 5);
+        assert_eq!(token(5, 9) >> 16, 9);
+    }
+}

@@ -238,3 +238,46 @@ impl Slots {
         self.reqs.get_mut(usize::from(i))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_grow_at_connect_and_recycle() {
+        let mut s = Slots::bootstrap(8192);
+        assert_eq!(s.len(), 1);
+        let first = s.alloc();
+        assert_eq!(first, Some(0));
+        assert_eq!(s.get(0).map(|r| r.state), Some(State::Receiving));
+        assert_eq!(s.alloc(), None, "one slot before Connect");
+        // Connect: 32 slots of 4 KiB; slot 0 (answering the Connect) keeps its place.
+        s.resize(32, 4096);
+        assert_eq!(s.len(), 32);
+        assert!(s.reqs.iter().all(|r| r.own_len() == 4096));
+        assert_eq!(s.busy(), 1);
+        let all: Vec<u16> = std::iter::from_fn(|| s.alloc()).collect();
+        assert_eq!(all.len(), 31);
+        assert!(!s.has_free());
+        s.release(0);
+        s.release(0);
+        assert_eq!(s.busy(), 31, "a double release is ignored");
+        assert_eq!(s.alloc(), Some(0));
+        // Out-of-range indices are ignored, not a panic.
+        s.release(999);
+        assert!(s.get(999).is_none());
+    }
+
+    #[test]
+    fn tx_length_counts_every_part() {
+        let t = Tx {
+            h1: 24,
+            data: 4096,
+            ddgst: true,
+            h2: 28,
+            r2t: false,
+        };
+        assert_eq!(t.bytes(), 24 + 4096 + 4 + 28);
+        assert_eq!(Tx::default().bytes(), 0);
+    }
+}
