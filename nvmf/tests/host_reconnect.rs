@@ -1,5 +1,5 @@
 //! The initiator when the target goes away. SIGKILLed and restarted on the same port with the
-//! same config (a file-backed namespace, so its data survives) while bdevperf writes through
+//! same config (a file-backed or a durable pcache namespace, so its data survives) while bdevperf writes through
 //! the initiator: the I/O waits, resumes on the new connection, and every block reads back.
 //! Not back within `ctrlr_loss_timeout_sec`: waiting I/O fails with EIO (after
 //! `fast_io_fail_timeout_sec`), the controller and its bdev are deleted, with clear logs.
@@ -11,15 +11,9 @@ use common::host::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-#[test]
-fn target_restart_loses_nothing() {
-    const BLOCKS: u64 = 32768; // 128 MiB of 4 KiB blocks
-    let data = tests::tempdir();
-    let file = data.path().join("ns.img");
-    let mut e = Export::start(
-        vec![uring_on_file("Uring0", &file, BLOCKS * 4096, 4096)],
-        "Uring0",
-    );
+/// Writes pattern 21 over all `blocks` of the export's namespace through the initiator,
+/// SIGKILLs and restarts the target mid-run, and checks every block from a new process.
+fn restart_mid_write(mut e: Export, blocks: u64) {
     let dir = tests::tempdir();
     let cfg = e.client_config(
         "Nvme0",
@@ -44,7 +38,8 @@ fn target_restart_loses_nothing() {
     );
     // Kill it with writes in flight: well into the run, well before its end.
     poll_until(LONG, "writes through the initiator", || {
-        perf.ops("Nvme0n1", "num_write_ops").filter(|&n| n >= 2000)
+        perf.ops("Nvme0n1", "num_write_ops")
+            .filter(|&n| n >= blocks / 16)
     });
     e.kill9();
     let lost = Instant::now();
@@ -63,9 +58,9 @@ fn target_restart_loses_nothing() {
     let back_in = lost.elapsed();
     let r = perf.finish(LONG);
     let j = r.ok();
-    assert_eq!(j["blocks_covered"], BLOCKS, "{j:#}");
+    assert_eq!(j["blocks_covered"], blocks, "{j:#}");
     assert!(
-        before < BLOCKS,
+        before < blocks,
         "the kill came after the run ended ({before})"
     );
     // Whichever queue sees the loss first says so.
@@ -104,9 +99,43 @@ fn target_restart_loses_nothing() {
     let cj = c.ok();
     assert_eq!(
         (cj["blocks_matching"].clone(), cj["blocks_foreign"].clone()),
-        (json!(BLOCKS), json!(0)),
+        (json!(blocks), json!(0)),
         "{cj:#}"
     );
+}
+
+#[test]
+fn target_restart_loses_nothing() {
+    const BLOCKS: u64 = 32768; // 128 MiB of 4 KiB blocks
+    let data = tests::tempdir();
+    let file = data.path().join("ns.img");
+    let e = Export::start(
+        vec![uring_on_file("Uring0", &file, BLOCKS * 4096, 4096)],
+        "Uring0",
+    );
+    restart_mid_write(e, BLOCKS);
+}
+
+#[test]
+fn pcache_namespace_survives_target_restart() {
+    // A durable pcache (every completed write is in the cache's log) over a file origin.
+    const BLOCKS: u64 = 16384; // 64 MiB origin, 128 MiB cache
+    let data = tests::tempdir();
+    let origin = data.path().join("origin.img");
+    let pmem = data.path().join("cache.pmem");
+    let e = Export::start(
+        vec![
+            json!({"method": "bdev_pmem_create", "params": {"name": "Pmem0",
+                   "pmem_file": pmem.to_str().unwrap_or_default(), "block_size": 4096,
+                   "num_blocks": 32768, "mode": "emulated"}}),
+            uring_on_file("Origin0", &origin, BLOCKS * 4096, 4096),
+            json!({"method": "bdev_pcache_create", "params": {"name": "Pcache0",
+                   "cache_bdev": "Pmem0", "origin_bdev": "Origin0", "mode": "writeback",
+                   "durable": true, "data_crc": true}}),
+        ],
+        "Pcache0",
+    );
+    restart_mid_write(e, BLOCKS);
 }
 
 #[test]
