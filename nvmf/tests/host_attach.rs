@@ -287,3 +287,69 @@ fn namespaces_added_and_removed_on_the_target_follow_by_aen() {
         "{log}"
     );
 }
+
+#[test]
+fn spdk_rpc_drives_the_initiator() {
+    tests::require_spdk_rpc!();
+    let e = Export::start(vec![malloc("Malloc0", 4096, 512)], "Malloc0");
+    let dir = tests::tempdir();
+    let c = Client::start(dir.path(), "client", &config(vec![], vec![]));
+    let cli = tests::SpdkRpc::new(&c.sock);
+    let mut s = cli.session();
+    // SPDK's client sends every flag it knows (delay_cmd_submit, prchk_*, ...): all accepted.
+    let out = s.run(&["bdev_nvme_set_options", "-k", "5000", "-r", "2"]);
+    assert!(out.ok(), "{out:?}");
+    let port = e.port.to_string();
+    let out = s.run(&[
+        "bdev_nvme_attach_controller",
+        "-b",
+        "Nvme0",
+        "-t",
+        "tcp",
+        "-a",
+        "127.0.0.1",
+        "-f",
+        "ipv4",
+        "-s",
+        &port,
+        "-n",
+        SUBNQN,
+        "-l",
+        "-1",
+        "-o",
+        "2",
+    ]);
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(out.stdout.trim(), "Nvme0n1");
+    let ctrlrs = s.json(&["bdev_nvme_get_controllers"]);
+    assert_eq!(ctrlrs[0]["ctrlrs"][0]["state"], "enabled", "{ctrlrs:#}");
+    assert_eq!(ctrlrs[0]["ctrlrs"][0]["trid"]["trsvcid"], port.as_str());
+    let (code, msg) = s.error(&["bdev_nvme_set_options", "-k", "6000"]);
+    assert_eq!(
+        (code, msg.as_str()),
+        (
+            -1,
+            "RPC not permitted with nvme controllers already attached"
+        )
+    );
+    let cfg = s.json(&["framework_get_config", "bdev"]);
+    let opts = cfg
+        .as_array()
+        .and_then(|l| l.iter().find(|x| x["method"] == "bdev_nvme_set_options"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(opts["params"]["keep_alive_timeout_ms"], 5000, "{cfg:#}");
+    assert_eq!(opts["params"]["bdev_retry_count"], 2);
+    let att = cfg
+        .as_array()
+        .and_then(|l| {
+            l.iter()
+                .find(|x| x["method"] == "bdev_nvme_attach_controller")
+        })
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(att["params"]["ctrlr_loss_timeout_sec"], -1);
+    assert_eq!(att["params"]["reconnect_delay_sec"], 2);
+    assert!(s.run(&["bdev_nvme_detach_controller", "Nvme0"]).ok());
+    assert_eq!(s.json(&["bdev_nvme_get_controllers"]), json!([]));
+}
