@@ -233,6 +233,31 @@ fn attach_failures_say_what_failed() {
         ),
         json!(["Nvme0n1"])
     );
+    // The host address and port the admin queue binds, as the target sees them.
+    let hostsvcid = tests::free_port().to_string();
+    assert_eq!(
+        c.call(
+            "bdev_nvme_attach_controller",
+            e.attach_params(
+                "Nvme1",
+                json!({"hostaddr": "127.0.0.1", "hostsvcid": hostsvcid})
+            )
+        ),
+        json!(["Nvme1n1"])
+    );
+    let host =
+        &c.call("bdev_nvme_get_controllers", json!({"name": "Nvme1"}))[0]["ctrlrs"][0]["host"];
+    assert_eq!(
+        (host["addr"].clone(), host["svcid"].clone()),
+        (json!("127.0.0.1"), json!(hostsvcid))
+    );
+    let qpairs = e.call("nvmf_subsystem_get_qpairs", json!({"nqn": SUBNQN}));
+    assert!(
+        qpairs.as_array().is_some_and(|q| q
+            .iter()
+            .any(|x| x["peer_address"]["trsvcid"] == hostsvcid.as_str())),
+        "{qpairs:#}"
+    );
     // bdev_nvme_set_options is refused once a controller exists (SPDK's rule).
     let (code, msg) = c.call_err(
         "bdev_nvme_set_options",

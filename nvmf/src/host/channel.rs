@@ -372,10 +372,9 @@ impl QueueState {
 
     fn fail_all(&mut self, errno: i32) {
         if let Some(mut qp) = self.qp.take() {
+            // What completed completes as it did (a piece left over waits, and fails below).
             while let Some(c) = qp.pop_completion(|c, _| c) {
-                if let Some(io) = c.io {
-                    io.fail(errno);
-                }
+                self.finished(c);
             }
             qp.take_outstanding(|_, io| {
                 if let Some(io) = io {
