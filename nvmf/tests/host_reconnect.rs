@@ -294,3 +294,29 @@ fn keep_alive_holds_an_idle_controller_and_notices_a_silent_target() {
         1024
     );
 }
+
+#[test]
+fn detach_while_reconnecting() {
+    let mut e = Export::start(vec![malloc("Malloc0", 1024, 4096)], "Malloc0");
+    let dir = tests::tempdir();
+    let c = Client::start(
+        dir.path(),
+        "client",
+        &e.client_config(
+            "Nvme0",
+            json!({"ctrlr_loss_timeout_sec": -1, "reconnect_delay_sec": 1}),
+        ),
+    );
+    e.kill9();
+    poll_until(Duration::from_secs(10), "reconnect attempts", || {
+        let s = c.call("bdev_nvme_get_controllers", json!({}));
+        (s[0]["ctrlrs"][0]["state"] == "reconnect_is_delayed").then_some(())
+    });
+    assert_eq!(
+        c.call("bdev_nvme_detach_controller", json!({"name": "Nvme0"})),
+        json!(true)
+    );
+    assert_eq!(c.call("bdev_nvme_get_controllers", json!({})), json!([]));
+    let (code, _) = c.call_err("bdev_get_bdevs", json!({"name": "Nvme0n1"}));
+    assert_eq!(code, -libc::ENODEV as i64);
+}
