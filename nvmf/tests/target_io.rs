@@ -149,3 +149,71 @@ fn reads_end_with_c2h_success_when_sq_flow_control_is_off() {
     // A failed read still gets its CapsuleResp.
     assert_eq!(io.read(1, BLOCKS, 1).0.sct, Status::LBA_OUT_OF_RANGE.sct);
 }
+
+/// Sends `pdu` in two writes split at `at`, with a pause between, so the target sees the
+/// first part alone.
+fn send_split(c: &mut Client, pdu: &[u8], at: usize) {
+    c.send_raw(&pdu[..at]).unwrap_or_default();
+    std::thread::sleep(std::time::Duration::from_millis(3));
+    c.send_raw(&pdu[at..]).unwrap_or_default();
+}
+
+#[test]
+fn pdus_arriving_in_pieces() {
+    use nvmf::wire::pdu::{CapsuleCmd, H2CData, Header};
+    let t = Tgt::start();
+    let mut h = t.host(true, true);
+    // An in-capsule write (header 72 + digest 4, data 4096, digest 4) split inside the common
+    // header, the header, its digest, the data, right before the data digest, inside it.
+    for (i, at) in [3usize, 40, 74, 76, 2000, 76 + 4096, 76 + 4096 + 2]
+        .into_iter()
+        .enumerate()
+    {
+        let lba = 300 + i as u64;
+        let data = pattern(lba, 1, 11);
+        let cid = h.io.cid();
+        let mut w = Sqe::new(op::WRITE, cid, 1);
+        w.set_lba_range(lba, 1).unwrap_or_default();
+        w.dptr = Sgl::in_capsule(0, BS as u32);
+        let pdu =
+            h.io.pdu_bytes(&Header::CapsuleCmd(CapsuleCmd { sqe: w.to_bytes() }), &data);
+        send_split(&mut h.io, &pdu, at);
+        match h.io.recv() {
+            Got::Resp(r) => assert_eq!((r.cid, r.status), (cid, Status::SUCCESS), "split {at}"),
+            other => panic!("split at {at}: {other:?}"),
+        }
+        assert_eq!(h.io.read(1, lba, 1), (Status::SUCCESS, data), "split {at}");
+    }
+    // H2CData (header 24 + digest 4, data 16 KiB, digest 4) split the same ways.
+    for (i, at) in [5usize, 26, 28, 9000, 28 + 16384, 28 + 16384 + 3]
+        .into_iter()
+        .enumerate()
+    {
+        let lba = 400 + 4 * i as u64;
+        let data = pattern(lba, 4, 12);
+        let cid = h.io.cid();
+        let mut w = Sqe::new(op::WRITE, cid, 1);
+        w.set_lba_range(lba, 4).unwrap_or_default();
+        w.dptr = Sgl::transport(4 * BS as u32);
+        h.io.send_cmd(&w, &[]);
+        let Got::R2T(r2t) = h.io.recv() else {
+            panic!("expected an R2T");
+        };
+        let pdu = h.io.pdu_bytes(
+            &Header::H2CData(H2CData {
+                cccid: cid,
+                ttag: r2t.ttag,
+                datao: 0,
+                datal: 4 * BS as u32,
+                last: true,
+            }),
+            &data,
+        );
+        send_split(&mut h.io, &pdu, at);
+        match h.io.recv() {
+            Got::Resp(r) => assert_eq!((r.cid, r.status), (cid, Status::SUCCESS), "split {at}"),
+            other => panic!("split at {at}: {other:?}"),
+        }
+        assert_eq!(h.io.read(1, lba, 4), (Status::SUCCESS, data), "split {at}");
+    }
+}

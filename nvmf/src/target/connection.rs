@@ -691,7 +691,9 @@ impl Connection {
             if n == 0 {
                 return false;
             }
-            let src = &self.rbuf[self.rstart..self.rstart + n];
+            let Some(src) = self.rbuf.get(self.rstart..self.rstart + n) else {
+                return false;
+            };
             let Some(dest) = self
                 .slots
                 .get_mut(slot)
@@ -759,7 +761,8 @@ impl Connection {
             self.begin_close(sh, false, "bad TermReq");
             return;
         }
-        let offending = stream::offending_header(&self.rbuf[self.rstart..self.rend]);
+        let offending =
+            stream::offending_header(self.rbuf.get(self.rstart..self.rend).unwrap_or_default());
         let term = Header::C2HTermReq(TermReq::new(e.fes, e.fei));
         match encode_pdu(&mut self.term_pdu, &term, &Framing::NONE, offending) {
             Ok(n) => {
