@@ -206,7 +206,7 @@ fn load_config_of_an_empty_config_just_starts_the_framework() {
     // A config naming a method the target lacks is refused by the client before anything runs.
     let out = cli.run_stdin(
         &["load_config"],
-        Some(r#"{"subsystems": [{"subsystem": "bdev", "config": [{"method": "bdev_nvme_attach_controller"}]}]}"#),
+        Some(r#"{"subsystems": [{"subsystem": "bdev", "config": [{"method": "bdev_nvme_start_discovery"}]}]}"#),
     );
     assert!(
         !out.ok() && out.stdout.contains("Unknown method"),
