@@ -26,4 +26,13 @@ export PCACHE_REQUIRE_SPDK_RPC=1
 echo "== tests"
 cargo test --release --workspace -- --test-threads=2
 
+# The Linux kernel's own NVMe/TCP initiator against pcache_tgt, in a QEMU (TCG) guest; setup.sh
+# installs QEMU and builds the guest from Debian's packages. PCACHE_SKIP_LINUX=1 skips it.
+if [ "${PCACHE_SKIP_LINUX:-0}" = 1 ]; then
+    echo "== Linux NVMe/TCP initiator: skipped (PCACHE_SKIP_LINUX=1)"
+else
+    echo "== Linux NVMe/TCP initiator (QEMU guest)"
+    PCACHE_NVMF_NO_BUILD=1 bash tests/linux/nvmf.sh
+fi
+
 echo "== all tests passed"
