@@ -722,6 +722,15 @@ pub fn sparse_file(path: &Path, bytes: u64) {
     f.set_len(bytes).expect("set_len");
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released), for a
+/// server under test; another service may hold the well-known ports.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free TCP port on 127.0.0.1")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -752,13 +761,4 @@ mod tests {
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
-}
-
-/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released), for a
-/// server under test; another service may hold the well-known ports.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free TCP port on 127.0.0.1")
 }
