@@ -1,22 +1,23 @@
 //! Every example config starts pcache_tgt, which logs its bdevs (as plain text into a file) and
 //! exits 0 on SIGTERM; a bad config exits non-zero naming the entry.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TGT: &str = env!("CARGO_BIN_EXE_pcache_tgt");
 
-/// Starts the target on `config`, waits for "pcache_tgt ready", sends SIGTERM, returns (exit code, log).
-fn run_until_ready(config: &Path, dir: &Path) -> (i32, String) {
-    let log_path = dir.join("tgt.log");
+/// Starts the target on `config` (socket and log `<dir>/<name>.*`), waits for "pcache_tgt
+/// ready"; whether it got there.
+fn start(config: &Path, dir: &Path, name: &str) -> (Child, PathBuf, bool) {
+    let log_path = dir.join(format!("{name}.log"));
     let log = std::fs::File::create(&log_path).unwrap();
     let mut child = Command::new(TGT)
         .args([
             "-c",
             config.to_str().unwrap(),
             "-r",
-            dir.join("rpc.sock").to_str().unwrap(),
+            dir.join(format!("{name}.sock")).to_str().unwrap(),
             "--idle-backoff",
         ])
         .stdout(Stdio::null())
@@ -34,6 +35,12 @@ fn run_until_ready(config: &Path, dir: &Path) -> (i32, String) {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    (child, log_path, ready)
+}
+
+/// Starts the target on `config`, waits for "pcache_tgt ready", sends SIGTERM, returns (exit code, log).
+fn run_until_ready(config: &Path, dir: &Path) -> (i32, String) {
+    let (mut child, log_path, ready) = start(config, dir, "tgt");
     if ready {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),
@@ -49,16 +56,21 @@ fn run_until_ready(config: &Path, dir: &Path) -> (i32, String) {
     )
 }
 
-/// The example configs listen on NVMe/TCP's well-known port (or the demo's placeholder); tests
-/// take a free one instead, since another service may hold 4420.
-fn with_free_ports(text: &str) -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+fn free_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap()
         .port()
-        .to_string();
-    text.replace("\"4420\"", &format!("\"{port}\""))
-        .replace("@NVMF_PORT@", &port)
+        .to_string()
+}
+
+/// The example configs listen on NVMe/TCP's well-known port 4420 (or the demo's placeholder),
+/// and 4421 for the target another one attaches to; tests take free ones instead, since another
+/// service may hold them.
+fn with_free_ports(text: &str, ports: &(String, String)) -> String {
+    text.replace("\"4420\"", &format!("\"{}\"", ports.0))
+        .replace("\"4421\"", &format!("\"{}\"", ports.1))
+        .replace("@NVMF_PORT@", &ports.0)
 }
 
 #[test]
@@ -71,21 +83,46 @@ fn every_example_config_starts_and_stops_cleanly() {
             continue;
         }
         let dir = tempfile::tempdir().unwrap();
+        let ports = (free_port(), free_port());
         // Point every file the config names into the temp dir, and create the origin files.
-        let text = with_free_ports(
-            &std::fs::read_to_string(&path)
-                .unwrap()
-                .replace("@STATE@", dir.path().to_str().unwrap())
-                .replace("/var/tmp/", &format!("{}/", dir.path().display())),
-        );
-        for name in ["origin.img", "pcache-uring.img", "pcache-origin.img"] {
+        let prepare = |path: &Path| {
+            with_free_ports(
+                &std::fs::read_to_string(path)
+                    .unwrap()
+                    .replace("@STATE@", dir.path().to_str().unwrap())
+                    .replace("/var/tmp/", &format!("{}/", dir.path().display())),
+                &ports,
+            )
+        };
+        let text = prepare(&path);
+        for name in [
+            "origin.img",
+            "pcache-uring.img",
+            "pcache-origin.img",
+            "pcache-remote-origin.img",
+        ] {
             let f = std::fs::File::create(dir.path().join(name)).unwrap();
             f.set_len(64 << 20).unwrap();
         }
+        // A config that attaches a remote namespace gets its partner, nvmf-origin.json, first.
+        let partner = text.contains("bdev_nvme_attach_controller").then(|| {
+            let config = dir.path().join("origin.json");
+            std::fs::write(&config, prepare(&root.join("nvmf-origin.json"))).unwrap();
+            let (child, log, ready) = start(&config, dir.path(), "origin");
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(ready, "nvmf-origin.json for {}:\n{text}", path.display());
+            child
+        });
         let config = dir.path().join("config.json");
         std::fs::write(&config, &text).unwrap();
         let (code, log) = run_until_ready(&config, dir.path());
-        let expected = text.matches("_create\"").count();
+        if let Some(mut p) = partner {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        // One bdev per *_create, one per attached controller (one namespace each here).
+        let expected = text.matches("_create\"").count()
+            + text.matches("\"bdev_nvme_attach_controller\"").count();
         assert_eq!(code, 0, "{}: exit code\n{log}", path.display());
         assert_eq!(
             log.matches("bdev ready").count(),
@@ -120,6 +157,7 @@ fn the_demo_config_restarts_on_its_own_state() {
         &std::fs::read_to_string(root.join("demo.json"))
             .unwrap()
             .replace("@STATE@", dir.path().to_str().unwrap()),
+        &(free_port(), free_port()),
     );
     let f = std::fs::File::create(dir.path().join("origin.img")).unwrap();
     f.set_len(64 << 20).unwrap();
