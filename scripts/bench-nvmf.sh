@@ -47,12 +47,15 @@ $(bdevs "$shm/target.pmem")
  {"method":"nvmf_subsystem_add_listener","params":{"nqn":"nqn.2026-12.io.pcache:pcache","listen_address":{"trtype":"TCP","adrfam":"IPv4","traddr":"127.0.0.1","trsvcid":"$port"}}}
 ]}]}
 JSON
-cat > "$dir/client.json" <<JSON
+# One controller per client config: an idle second qpair would cost every poll a read.
+for sub in malloc pcache; do
+    n=0; [ $sub = pcache ] && n=1
+    cat > "$dir/client-$sub.json" <<JSON
 {"subsystems":[{"subsystem":"bdev","config":[
- {"method":"bdev_nvme_attach_controller","params":{"name":"Nvme0","trtype":"tcp","adrfam":"ipv4","traddr":"127.0.0.1","trsvcid":"$port","subnqn":"nqn.2026-12.io.pcache:malloc"}},
- {"method":"bdev_nvme_attach_controller","params":{"name":"Nvme1","trtype":"tcp","adrfam":"ipv4","traddr":"127.0.0.1","trsvcid":"$port","subnqn":"nqn.2026-12.io.pcache:pcache"}}
+ {"method":"bdev_nvme_attach_controller","params":{"name":"Nvme$n","trtype":"tcp","adrfam":"ipv4","traddr":"127.0.0.1","trsvcid":"$port","subnqn":"nqn.2026-12.io.pcache:$sub"}}
 ]}]}
 JSON
+done
 
 # run CONFIG BDEV WORKLOAD SIZE MASK LABEL [REF-LABEL]: one bdevperf run; prints a table row.
 declare -A iops_of
@@ -105,10 +108,10 @@ run direct Pcache0 read 131072 0x1 direct-pcache-seq
 tgt_pid=$!
 for _ in $(seq 1 200); do grep -q "pcache_tgt ready" "$dir/tgt.log" && break; sleep 0.05; done
 grep -q "pcache_tgt ready" "$dir/tgt.log" || { cat "$dir/tgt.log" >&2; exit 1; }
-$perf -c "$dir/client.json" -T Nvme1n1 -q 32 -o 131072 -w write --pattern 1 -t 600 -m 0x2 > "$dir/warm-nvmf.log" 2>&1
-run client Nvme0n1 randread 4096 0x2 nvmf-malloc-rr direct-malloc-rr
-run client Nvme0n1 randwrite 4096 0x2 nvmf-malloc-rw direct-malloc-rw
-run client Nvme0n1 read 131072 0x2 nvmf-malloc-seq direct-malloc-seq
-run client Nvme1n1 randread 4096 0x2 nvmf-pcache-rr direct-pcache-rr
-run client Nvme1n1 randwrite 4096 0x2 nvmf-pcache-rw direct-pcache-rw
-run client Nvme1n1 read 131072 0x2 nvmf-pcache-seq direct-pcache-seq
+$perf -c "$dir/client-pcache.json" -T Nvme1n1 -q 32 -o 131072 -w write --pattern 1 -t 600 -m 0x2 > "$dir/warm-nvmf.log" 2>&1
+run client-malloc Nvme0n1 randread 4096 0x2 nvmf-malloc-rr direct-malloc-rr
+run client-malloc Nvme0n1 randwrite 4096 0x2 nvmf-malloc-rw direct-malloc-rw
+run client-malloc Nvme0n1 read 131072 0x2 nvmf-malloc-seq direct-malloc-seq
+run client-pcache Nvme1n1 randread 4096 0x2 nvmf-pcache-rr direct-pcache-rr
+run client-pcache Nvme1n1 randwrite 4096 0x2 nvmf-pcache-rw direct-pcache-rw
+run client-pcache Nvme1n1 read 131072 0x2 nvmf-pcache-seq direct-pcache-seq

@@ -234,8 +234,9 @@ fn threads_json() -> serde_json::Value {
     json!({"tick_rate": poller::time::ticks_hz(), "threads": threads})
 }
 
-/// Begins a clean shutdown from any thread: stop serving RPC, unregister every bdev (in-flight
-/// I/O drains through hot-remove), finalise modules in reverse order, stop the reactors.
+/// Begins a clean shutdown from any thread: stop serving RPC, disconnect the NVMe-oF hosts,
+/// unregister every bdev (in-flight I/O drains through hot-remove), finalise modules in reverse
+/// order, stop the reactors.
 pub fn stop(exit_code: i32) {
     if STOPPING.swap(true, Ordering::SeqCst) {
         return;
@@ -247,7 +248,13 @@ pub fn stop(exit_code: i32) {
         Some(app) => app.send_msg(|| {
             tracing::info!("shutting down");
             CLOSE_RPC.with(|c| c.borrow_mut().take().map(|f| f()));
-            bdev::subsystem_fini(poller::stop);
+            // As SPDK's subsystems finish in reverse order: the NVMe-oF target first (hosts
+            // disconnected, their I/O drained, namespaces let go), then the bdevs.
+            nvmf::target::poll_group::shutdown(|| {
+                if let Some(app) = poller::app_thread() {
+                    app.send_msg(|| bdev::subsystem_fini(poller::stop));
+                }
+            });
         }),
         None => poller::stop(),
     }
