@@ -4,7 +4,10 @@
 //! error  options  transport       errors, nvmf_create_transport's options, the transport
 //! subsystem                       subsystems, namespaces, hosts, controllers (control path)
 //! listener                        listening sockets, the acceptor on the app thread
+//! controller  admin  discovery    a controller's registers, admin commands, the discovery log
 //! poll_group                      one per reactor: owns its connections and polls them
+//! connection  request  buffers    a TCP qpair, its request slots, the large-buffer pool
+//! io                              NVM commands onto bdev I/O
 //! config  rpc                     save_config and the start-up settings, the nvmf_* RPCs
 //! ```
 

@@ -121,7 +121,6 @@ pub struct Namespace {
     pub uuid: Uuid,
     pub nguid: [u8; 16],
     pub eui64: Option<[u8; 8]>,
-    /// Whether nguid / uuid were given (save_config writes only what was given or derived).
     pub block_size: u32,
     pub num_blocks: u64,
     /// The bdev has a volatile write cache: the controller advertises VWC and honours FLUSH.
@@ -482,7 +481,7 @@ impl Target {
         }
     }
 
-    pub fn create_subsystem(&self, mut p: CreateSubsystemParams) -> Result<(), TargetError> {
+    pub fn create_subsystem(&self, p: CreateSubsystemParams) -> Result<(), TargetError> {
         check_nqn(&p.nqn)?;
         if p.tgt_name.is_some() {
             return Err(TargetError::invalid(
@@ -521,10 +520,6 @@ impl Target {
                 "max_subsystems ({}) reached",
                 self.max_subsystems.load(Ordering::Relaxed)
             )));
-        }
-        if p.max_namespaces == 0 {
-            // SPDK: 0 means no limit other than the NSID space.
-            p.max_namespaces = 0;
         }
         let nqn = p.nqn.clone();
         list.push(Subsystem::new(&nqn, SubsystemType::Nvme, p));
